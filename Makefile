@@ -1,0 +1,30 @@
+# Everything a fresh machine needs: `make test` and `make demo` build the
+# environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned so that pip takes the CPU wheel; override e.g. TORCH_SPEC='torch==2.13.0+cu126'.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: env test demo bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	echo '$(TORCH_SPEC)' > $(VENV)/constraints.txt
+	$(PY) -m pip install -q '$(TORCH_SPEC)'
+	# The constraint keeps any dependency from replacing the pinned torch.
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/pyg-lego vad demo
+
+clean:
+	rm -rf $(VENV) runs results

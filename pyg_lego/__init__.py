@@ -1,0 +1,16 @@
+r"""pyg-lego: LEGO multi-modal fusion for PyTorch Geometric."""
+from pyg_lego.data import GivenGraph, RelationData, build_relation_graph
+from pyg_lego.nn import LEGO, GraphPowerConv, LEGOFusion
+from pyg_lego.plot import plot_coefficients
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'GivenGraph',
+    'RelationData',
+    'build_relation_graph',
+    'LEGO',
+    'GraphPowerConv',
+    'LEGOFusion',
+    'plot_coefficients',
+]

@@ -1,0 +1,14 @@
+from pyg_lego.data.knn import exact_knn
+from pyg_lego.data.relation import (GivenGraph, RelationData,
+                                    build_relation_graph, knn_pattern,
+                                    relation_scores, view_features)
+
+__all__ = [
+    'GivenGraph',
+    'RelationData',
+    'build_relation_graph',
+    'knn_pattern',
+    'relation_scores',
+    'view_features',
+    'exact_knn',
+]

@@ -1,0 +1,80 @@
+r"""Exact k-nearest-neighbour search by blocked matrix products.
+
+Each block of query rows is scored against all nodes with one matrix product,
+and only the block's top-k survive, so memory is bounded by
+``block_size x N`` scores instead of ``N x N``.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from pyg_lego.data.similarity import knn_scores, prepare
+
+#: Default memory budget of one score block, in bytes.
+DEFAULT_BLOCK_BYTES = 256 * 2**20
+
+
+def block_rows(num_nodes: int, element_size: int,
+               memory_budget: int = DEFAULT_BLOCK_BYTES) -> int:
+    r"""Number of query rows per block that fits :obj:`memory_budget`.
+
+    A block costs its score matrix plus the top-k workspace, about twice
+    ``rows x N`` elements.
+    """
+    return max(1, min(num_nodes,
+                      memory_budget // max(1, 2 * num_nodes * element_size)))
+
+
+def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
+              memory_budget: int = DEFAULT_BLOCK_BYTES,
+              progress: bool = False) -> Tensor:
+    r"""Directed kNN edges ``i -> j`` (``j`` among the :obj:`k` nodes most
+    similar to ``i``, ``j != i``) of the rows of :obj:`x`.
+
+    Args:
+        x (torch.Tensor): Features :math:`(N, d)`.
+        k (int): Neighbours per node, :math:`1 \le k \le N - 1`.
+        similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
+            :obj:`"rbf"` (nearest in Euclidean distance).
+            (default: :obj:`"cosine"`)
+        memory_budget (int, optional): Bytes for one block of scores.
+        progress (bool, optional): Show a progress bar. (default: :obj:`False`)
+
+    Returns:
+        :obj:`edge_index` :math:`(2, N k)`, sorted by source node.
+    """
+    num_nodes = x.size(0)
+    if not 1 <= k <= num_nodes - 1:
+        raise ValueError(f"exact_knn needs 1 <= k <= N - 1 = {num_nodes - 1}, "
+                         f"got k={k}")
+    with torch.no_grad():
+        z = prepare(x.detach(), similarity)
+        sq_norms = (z * z).sum(-1) if similarity == 'rbf' else None
+        rows = block_rows(num_nodes, z.element_size(), memory_budget)
+        cols = torch.empty(num_nodes, k, dtype=torch.long, device=x.device)
+        starts = range(0, num_nodes, rows)
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc='exact kNN', unit='block')
+        for start in starts:
+            end = min(start + rows, num_nodes)
+            s = knn_scores(z[start:end], z, similarity, sq_norms)
+            local = torch.arange(end - start, device=x.device)
+            s[local, local + start] = float('-inf')
+            cols[start:end] = s.topk(k, dim=1).indices
+    row = torch.arange(num_nodes, device=x.device).repeat_interleave(k)
+    return torch.stack([row, cols.view(-1)])
+
+
+def complete_edges(num_nodes: int, self_loops: bool,
+                   device: Optional[torch.device] = None) -> Tensor:
+    r"""All ordered pairs ``(i, j)``, ``i != j`` unless :obj:`self_loops`,
+    sorted by row then column."""
+    idx = torch.arange(num_nodes, device=device)
+    row = idx.repeat_interleave(num_nodes)
+    col = idx.repeat(num_nodes)
+    if not self_loops:
+        keep = row != col
+        row, col = row[keep], col[keep]
+    return torch.stack([row, col])

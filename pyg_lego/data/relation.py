@@ -1,0 +1,342 @@
+r"""Relationship graphs: several views of the same :math:`N` nodes become one
+PyG :class:`~torch_geometric.data.Data` with a shared sparse edge pattern and
+every view's relation score on every edge (METHOD.md, section 1)."""
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges, exact_knn
+from pyg_lego.data.similarity import (check_similarity, edge_similarity,
+                                      resolve_score_map)
+from pyg_lego.data.validation import (check_features, check_k,
+                                      check_same_device, zero_norm_rows)
+
+
+@dataclass
+class GivenGraph:
+    r"""A view that is a graph already (citations, co-purchases, scene graphs)
+    instead of features.
+
+    The graph is made symmetric (each unordered pair takes the largest weight
+    given for it in either direction). Its relation score on an edge of the
+    shared pattern is its weight there, :obj:`self_loop_weight` on self-loops
+    that it does not weight itself, and :obj:`0` on edges it lacks. Score maps
+    do not apply to given weights.
+
+    Args:
+        edge_index (torch.Tensor): Edges :math:`(2, |\mathcal{E}_m|)`.
+        edge_weight (torch.Tensor, optional): Non-negative weights
+            :math:`(|\mathcal{E}_m|,)`; :obj:`1` if :obj:`None`.
+        self_loop_weight (float, optional): Score of a node with itself.
+            (default: :obj:`1.0`)
+    """
+    edge_index: Tensor
+    edge_weight: Optional[Tensor] = None
+    self_loop_weight: float = 1.0
+
+
+View = Union[Tensor, GivenGraph]
+
+
+class RelationData(Data):
+    r"""A :class:`~torch_geometric.data.Data` whose optional
+    :obj:`path_index` (edge ids of two-step paths, see
+    :func:`pyg_lego.nn.two_hop_paths`) is offset by the number of edges when
+    graphs are batched."""
+
+    def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key == 'path_index':
+            return self.num_edges
+        return super().__inc__(key, value, *args, **kwargs)
+
+
+def coalesce_pattern(edge_index: Tensor, num_nodes: int) -> Tensor:
+    r"""Sorted (by row, then column) unique edges."""
+    key = torch.unique(edge_index[0] * num_nodes + edge_index[1])
+    return torch.stack([key // num_nodes, key % num_nodes])
+
+
+def _check_given(name: str, g: GivenGraph, num_nodes: Optional[int]) -> None:
+    ei = g.edge_index
+    if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
+        raise ValueError(f"given graph '{name}' needs edge_index of shape "
+                         f"[2, E], got "
+                         f"{list(ei.shape) if isinstance(ei, Tensor) else ei}")
+    if ei.dtype != torch.long:
+        raise TypeError(f"given graph '{name}' has edge_index of dtype "
+                        f"{ei.dtype}; it must be torch.long")
+    if num_nodes is not None and ei.numel() > 0:
+        lo, hi = int(ei.min()), int(ei.max())
+        if lo < 0 or hi >= num_nodes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"given graph '{name}' has node index {bad} out "
+                             f"of range for {num_nodes} nodes")
+    w = g.edge_weight
+    if w is not None:
+        if not isinstance(w, Tensor) or w.dim() != 1 or w.numel() != ei.size(1):
+            raise ValueError(f"given graph '{name}' needs edge_weight of shape "
+                             f"[{ei.size(1)}] (one per edge)")
+        if not w.is_floating_point():
+            raise TypeError(f"given graph '{name}' has integer edge weights; "
+                            f"cast them with .float()")
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError(f"given graph '{name}' has NaN or Inf weights")
+        if bool((w < 0).any()):
+            raise ValueError(f"given graph '{name}' has negative weights; "
+                             f"relation scores must be non-negative")
+
+
+def _validate(views: Mapping[str, View], num_nodes: Optional[int],
+              similarity: str, zero_rows: str) -> int:
+    if not isinstance(views, Mapping):
+        raise TypeError("views must be a mapping of view name -> features "
+                        f"[N, d] or GivenGraph, got {type(views).__name__}")
+    if len(views) == 0:
+        raise ValueError("views is empty: pass at least one view, e.g. "
+                         "{'rgb': x_rgb}")
+    check_similarity(similarity)
+    if zero_rows not in ('error', 'drop'):
+        raise ValueError(f"zero_rows must be 'error' or 'drop', got "
+                         f"{zero_rows!r}")
+    tensors: Dict[str, Tensor] = {}
+    first = None
+    for name, v in views.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"view names must be non-empty strings, got "
+                            f"{name!r}")
+        if isinstance(v, GivenGraph):
+            tensors[name] = v.edge_index
+            continue
+        x = check_features(name, v)
+        tensors[name] = x
+        if num_nodes is None:
+            num_nodes, first = x.size(0), name
+        elif x.size(0) != num_nodes:
+            where = f"view '{first}' has" if first else "num_nodes is"
+            raise ValueError(f"view '{name}' has {x.size(0)} rows but {where} "
+                             f"{num_nodes}: every view must describe the same "
+                             f"N nodes in the same order")
+    if num_nodes is None:
+        raise ValueError("all views are given graphs: pass num_nodes")
+    check_same_device(tensors)
+    for name, v in views.items():
+        if isinstance(v, GivenGraph):
+            _check_given(name, v, num_nodes)
+        elif similarity == 'cosine' and zero_rows == 'error':
+            zeros = zero_norm_rows(v)
+            if zeros.numel() > 0:
+                raise ValueError(
+                    f"view '{name}' has {zeros.numel()} row(s) with zero norm "
+                    f"(first: row {int(zeros[0])}); cosine similarity is "
+                    f"undefined for them. Fix the features, or pass "
+                    f"zero_rows='drop' to remove these nodes from all views")
+    return num_nodes
+
+
+def _drop_nodes(views: Mapping[str, View], keep: Tensor,
+                num_nodes: int) -> Dict[str, View]:
+    from torch_geometric.utils import subgraph
+    out: Dict[str, View] = {}
+    for name, v in views.items():
+        if isinstance(v, GivenGraph):
+            ei, w = subgraph(keep, v.edge_index, v.edge_weight,
+                             relabel_nodes=True, num_nodes=num_nodes)
+            out[name] = GivenGraph(ei, w, v.self_loop_weight)
+        else:
+            out[name] = v[keep]
+    return out
+
+
+def _symmetric_given(g: GivenGraph, num_nodes: int, dtype: torch.dtype):
+    ei = g.edge_index
+    w = g.edge_weight
+    w = torch.ones(ei.size(1), dtype=dtype, device=ei.device) if w is None \
+        else w.to(dtype)
+    both = torch.cat([ei, ei.flip(0)], dim=1)
+    key = both[0] * num_nodes + both[1]
+    uniq, inv = torch.unique(key, return_inverse=True)
+    weight = torch.zeros(uniq.numel(), dtype=dtype, device=ei.device)
+    weight = weight.scatter_reduce(0, inv, torch.cat([w, w]), reduce='amax',
+                                   include_self=False)
+    return uniq, weight
+
+
+def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
+                self_loops: bool = True, num_nodes: Optional[int] = None,
+                memory_budget: int = DEFAULT_BLOCK_BYTES,
+                progress: bool = False) -> Tensor:
+    r"""The shared edge pattern :math:`\mathcal{E}`: the union over views of
+    the symmetric kNN edges (a given graph's own edges), plus self-loops.
+
+    :obj:`k >= N - 1` gives the complete graph. Returns a coalesced
+    :obj:`edge_index` :math:`(2, |\mathcal{E}|)`."""
+    k = check_k(k)
+    num_nodes = _validate(views, num_nodes, similarity, 'error')
+    device = check_same_device({n: (v.edge_index if isinstance(v, GivenGraph)
+                                    else v) for n, v in views.items()})
+    return _pattern(views, k, similarity, self_loops, num_nodes, device,
+                    memory_budget, progress)
+
+
+def _pattern(views, k, similarity, self_loops, num_nodes, device,
+             memory_budget, progress) -> Tensor:
+    has_features = any(not isinstance(v, GivenGraph) for v in views.values())
+    if has_features and k >= num_nodes - 1:
+        return complete_edges(num_nodes, self_loops, device)
+    parts: List[Tensor] = []
+    for v in views.values():
+        if isinstance(v, GivenGraph):
+            parts.append(v.edge_index[:, v.edge_index[0] != v.edge_index[1]])
+        else:
+            ei = exact_knn(v, k, similarity, memory_budget, progress)
+            parts.append(ei)
+    ei = torch.cat(parts, dim=1)
+    ei = torch.cat([ei, ei.flip(0)], dim=1)
+    if self_loops:
+        loop = torch.arange(num_nodes, device=device)
+        ei = torch.cat([ei, torch.stack([loop, loop])], dim=1)
+    return coalesce_pattern(ei, num_nodes)
+
+
+def relation_scores(views: Mapping[str, View], edge_index: Tensor,
+                    similarity: str = 'cosine', score_map: str = 'auto',
+                    gamma: Optional[float] = None,
+                    num_nodes: Optional[int] = None) -> Tensor:
+    r"""Every view's relation score on every edge of :obj:`edge_index`
+    (coalesced), differentiable with respect to the features.
+
+    Returns:
+        :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`.
+    """
+    num_nodes = _validate(views, num_nodes, similarity, 'error')
+    return _scores(views, edge_index, similarity, score_map, gamma, num_nodes)
+
+
+def _given_scores(g: GivenGraph, edge_index: Tensor, num_nodes: int,
+                  dtype: torch.dtype) -> Tensor:
+    gkey, gweight = _symmetric_given(g, num_nodes, dtype)
+    key = edge_index[0] * num_nodes + edge_index[1]
+    score = torch.zeros(key.numel(), dtype=dtype, device=key.device)
+    found = torch.zeros_like(key, dtype=torch.bool)
+    if gkey.numel() > 0:
+        pos = torch.searchsorted(gkey, key).clamp_max(gkey.numel() - 1)
+        found = gkey[pos] == key
+        score = torch.where(found, gweight[pos], score)
+    loop = (edge_index[0] == edge_index[1]) & ~found
+    return torch.where(loop, torch.full_like(score, g.self_loop_weight), score)
+
+
+def _scores(views, edge_index, similarity, score_map, gamma,
+            num_nodes) -> Tensor:
+    feats = [v for v in views.values() if not isinstance(v, GivenGraph)]
+    dtype = reduce(torch.promote_types, [f.dtype for f in feats],
+                   feats[0].dtype) if feats else torch.get_default_dtype()
+    cols = [
+        _given_scores(v, edge_index, num_nodes, dtype) if isinstance(
+            v, GivenGraph) else edge_similarity(v.to(dtype), edge_index,
+                                                similarity, score_map, gamma)
+        for v in views.values()
+    ]
+    return torch.stack(cols, dim=-1)
+
+
+def build_relation_graph(views: Mapping[str, View], k: int = 10,
+                         similarity: str = 'cosine', score_map: str = 'auto',
+                         gamma: Optional[float] = None, self_loops: bool = True,
+                         zero_rows: str = 'error',
+                         num_nodes: Optional[int] = None,
+                         memory_budget: int = DEFAULT_BLOCK_BYTES,
+                         progress: bool = False) -> RelationData:
+    r"""Builds the relationship graph of several views of the same nodes.
+
+    Each feature view selects, for every node, its :obj:`k` most similar
+    other nodes; the edges are made symmetric, united over views (a given
+    graph contributes its own edges) and completed with self-loops. Every
+    view is then scored exactly on every edge of that shared pattern, so one
+    view's neighbours are re-scored by the others:
+
+    .. math::
+        \mathbf{R}_{e, m} = \phi\big(\mathrm{sim}_m(\mathbf{x}^{(m)}_i,
+        \mathbf{x}^{(m)}_j)\big), \qquad e = (i, j) \in \mathcal{E} =
+        \bigcup_m \mathrm{kNN}_m \cup \mathrm{kNN}_m^\top \cup \mathbf{I}
+
+    No :math:`N \times N` tensor is formed: kNN runs in blocks of query rows
+    and scores are edge-wise. :obj:`k >= N - 1` gives the complete graph (the
+    paper's setting, where everything equals the dense computation).
+
+    Args:
+        views (Mapping[str, torch.Tensor or GivenGraph]): View name ->
+            features :math:`(N, d_m)` (widths may differ) or a
+            :class:`GivenGraph`.
+        k (int, optional): Neighbours per node and view. (default: :obj:`10`)
+        similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
+            :obj:`"rbf"` (:math:`\exp(-\gamma \|x_i - x_j\|^2)`).
+            (default: :obj:`"cosine"`)
+        score_map (str, optional): :math:`\phi`: :obj:`"affine"`
+            (:math:`(1 + s) / 2`), :obj:`"clamp"` (:math:`\max(s, 0)`),
+            :obj:`"raw"`, or :obj:`"auto"` (affine for cosine, raw
+            otherwise). (default: :obj:`"auto"`)
+        gamma (float, optional): RBF bandwidth; ``1 / d_m`` if :obj:`None`.
+        self_loops (bool, optional): Add self-loops. (default: :obj:`True`)
+        zero_rows (str, optional): A zero row under cosine is an
+            :obj:`"error"`, or :obj:`"drop"` removes that node from every
+            view (the kept original ids go to :obj:`data.n_id`).
+            (default: :obj:`"error"`)
+        num_nodes (int, optional): :math:`N`; needed only when every view is
+            a given graph.
+        memory_budget (int, optional): Bytes for one block of kNN scores.
+        progress (bool, optional): Progress bar for the kNN search.
+
+    Returns:
+        :class:`RelationData` with :obj:`x_<view>` node features per feature
+        view, :obj:`edge_index` :math:`(2, |\mathcal{E}|)`,
+        :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`, :obj:`view_names`,
+        :obj:`num_nodes`, and the :obj:`similarity` and :obj:`score_map` used.
+    """
+    k = check_k(k)
+    num_nodes = _validate(views, num_nodes, similarity, zero_rows)
+    score_map = resolve_score_map(score_map, similarity)
+    n_id = None
+    if similarity == 'cosine' and zero_rows == 'drop':
+        zero = torch.zeros(num_nodes, dtype=torch.bool)
+        for v in views.values():
+            if not isinstance(v, GivenGraph):
+                zero[zero_norm_rows(v).cpu()] = True
+        if bool(zero.any()):
+            n_id = (~zero).nonzero().view(-1)
+            if n_id.numel() < 2:
+                raise ValueError("zero_rows='drop' leaves fewer than 2 nodes")
+            device = next(iter(views.values()))
+            device = device.edge_index.device if isinstance(
+                device, GivenGraph) else device.device
+            n_id = n_id.to(device)
+            views = _drop_nodes(views, n_id, num_nodes)
+            num_nodes = n_id.numel()
+    device = check_same_device({n: (v.edge_index if isinstance(v, GivenGraph)
+                                    else v) for n, v in views.items()})
+    edge_index = _pattern(views, k, similarity, self_loops, num_nodes, device,
+                          memory_budget, progress)
+    edge_attr = _scores(views, edge_index, similarity, score_map, gamma,
+                        num_nodes)
+    data = RelationData(edge_index=edge_index, edge_attr=edge_attr,
+                        num_nodes=num_nodes)
+    for name, v in views.items():
+        if not isinstance(v, GivenGraph):
+            data[f'x_{name}'] = v
+    data.view_names = list(views.keys())
+    data.similarity = similarity
+    data.score_map = score_map
+    if n_id is not None:
+        data.n_id = n_id
+    return data
+
+
+def view_features(data: Data, view_names: Sequence[str]) -> List[Optional[Tensor]]:
+    r"""The feature tensors :obj:`data.x_<view>` in :obj:`view_names` order
+    (:obj:`None` for given-graph views)."""
+    return [data[f'x_{name}'] if f'x_{name}' in data else None
+            for name in view_names]

@@ -1,0 +1,61 @@
+r"""Checks of user input that run before any computation, with messages that
+name the view and the problem."""
+import numbers
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be a positive integer, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be a positive integer (k >= 1), got {k}; "
+                         f"k >= N - 1 gives the complete graph")
+    return int(k)
+
+
+def check_order(P: Any) -> int:
+    if isinstance(P, bool) or not isinstance(P, numbers.Integral) or P < 0:
+        raise ValueError(f"P (the highest order) must be an integer >= 0, "
+                         f"got {P!r}")
+    return int(P)
+
+
+def check_features(name: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"view '{name}' must be a torch.Tensor of features "
+                        f"[N, d] or a GivenGraph, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"view '{name}' must have shape [N, d], got "
+                         f"{list(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"view '{name}' has dtype {x.dtype}: features must be "
+                        f"floating point (cast with .float())")
+    if x.size(0) == 0 or x.size(1) == 0:
+        raise ValueError(f"view '{name}' is empty (shape {list(x.shape)})")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0]
+        value = x[bad[0], bad[1]].item()
+        raise ValueError(f"view '{name}' contains {value} at row "
+                         f"{int(bad[0])}, column {int(bad[1])}: features must "
+                         f"be finite (no NaN or Inf)")
+    return x
+
+
+def zero_norm_rows(x: Tensor) -> Tensor:
+    return (x.detach().abs().sum(-1) == 0).nonzero().view(-1)
+
+
+def check_same_device(tensors: Mapping[str, Tensor]) -> Optional[torch.device]:
+    device, first = None, None
+    for name, t in tensors.items():
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(f"view '{name}' is on {t.device} but view "
+                             f"'{first}' is on {device}: move all views to one "
+                             f"device")
+    return device

@@ -1,0 +1,18 @@
+from pyg_lego.nn.path_index import two_hop_paths
+from pyg_lego.nn.norm import relation_norm
+from pyg_lego.nn.graph_power import GraphPowerConv
+from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
+from pyg_lego.nn.lego import LEGO
+from pyg_lego.nn.heads import GraphSpaceHead, PropagationHead, node_statistics
+
+__all__ = [
+    'two_hop_paths',
+    'relation_norm',
+    'GraphPowerConv',
+    'CoefficientTable',
+    'LEGOFusion',
+    'LEGO',
+    'GraphSpaceHead',
+    'PropagationHead',
+    'node_statistics',
+]

@@ -1,0 +1,175 @@
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from pyg_lego.data.validation import check_order
+
+KINDS = ('polynomial', 'linear')
+
+
+@dataclass
+class CoefficientTable:
+    r"""A learned coefficient table with named rows and columns: the fusion
+    model's explanation of which views and orders it relies on."""
+    values: Tensor
+    rows: List[str]
+    cols: List[str]
+    title: str
+
+    def to_dict(self) -> Dict[str, Dict[str, float]]:
+        return {r: {c: float(self.values[i, j])
+                    for j, c in enumerate(self.cols)}
+                for i, r in enumerate(self.rows)}
+
+    def to_markdown(self, digits: int = 3) -> str:
+        lines = [f'| {self.title} | ' + ' | '.join(self.cols) + ' |',
+                 '|---' * (len(self.cols) + 1) + '|']
+        for i, r in enumerate(self.rows):
+            cells = ' | '.join(f'{float(v):.{digits}f}'
+                               for v in self.values[i])
+            lines.append(f'| {r} | {cells} |')
+        return '\n'.join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+class LEGOFusion(torch.nn.Module):
+    r"""The learnable fusion operator of LEGO from the
+    `"Learnable Expansion of Graph Operators for Multi-Modal Feature Fusion"
+    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025): it
+    combines the hop-wise relation scores
+    :math:`\mathbf{R}^{(p)}_m` of all views into :math:`C` fused graphs.
+
+    **polynomial** (the paper's multilinear form). With two views and
+    :obj:`rank=None`, a full :math:`(P + 1) \times (P + 1)` matrix per
+    channel:
+
+    .. math::
+        \mathbf{G}_c = \sum_{p, q} \mathbf{A}_{c, pq} \,
+        \mathbf{R}^{(p)}_1 \odot \mathbf{R}^{(q)}_2
+
+    otherwise the coefficient tensor in CP (low-rank) form, which with two
+    views and :obj:`rank = P + 1` spans every full matrix:
+
+    .. math::
+        \mathbf{G}_c = \sum_{r=1}^{\mathrm{rank}} \prod_{m=1}^{M}
+        \Big( \sum_{p=0}^{P} a_{c, r, m, p} \, \mathbf{R}^{(p)}_m \Big)
+
+    **linear** (like GPR-GNN's hop weights):
+
+    .. math::
+        \mathbf{G}_c = \sum_{m, p} w_{c, m, p} \, \mathbf{R}^{(p)}_m
+
+    All products are element-wise on the edges, so the fused graph lives on
+    the same pattern as its inputs. Coefficients start near the plain average
+    (linear: :math:`1 / (M (P + 1))`; polynomial: the product of each view's
+    mean over orders), with a small random spread so that channels differ.
+
+    Args:
+        num_views (int): Number of views :math:`M`.
+        P (int): Highest order :math:`P`.
+        out_channels (int, optional): Number of fused graphs :math:`C`.
+            (default: :obj:`1`)
+        kind (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
+            (default: :obj:`"polynomial"`)
+        rank (int, optional): CP rank of the polynomial; :obj:`None` means a
+            full matrix for two views and :math:`P + 1` otherwise.
+        view_names (list of str, optional): Names for the coefficient tables.
+
+    Shapes:
+        - **input:** :math:`(|\mathcal{E}|, M, P + 1)`
+        - **output:** :math:`(|\mathcal{E}|, C)`
+    """
+
+    def __init__(self, num_views: int, P: int, out_channels: int = 1,
+                 kind: str = 'polynomial', rank: Optional[int] = None,
+                 view_names: Optional[Sequence[str]] = None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if num_views < 1 or out_channels < 1:
+            raise ValueError("num_views and out_channels must be >= 1")
+        if rank is not None and rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if view_names is not None and len(view_names) != num_views:
+            raise ValueError(f"got {len(view_names)} view names for "
+                             f"{num_views} views")
+        self.num_views = num_views
+        self.P = check_order(P)
+        self.out_channels = out_channels
+        self.kind = kind
+        self.view_names = list(view_names) if view_names is not None else \
+            [f'view{m}' for m in range(num_views)]
+        self.full = kind == 'polynomial' and num_views == 2 and rank is None
+        if kind == 'polynomial' and not self.full and rank is None:
+            rank = P + 1
+        self.rank = rank if kind == 'polynomial' and not self.full else None
+        n = P + 1
+        if kind == 'linear':
+            shape = (out_channels, num_views, n)
+        elif self.full:
+            shape = (out_channels, n, n)
+        else:
+            shape = (out_channels, self.rank, num_views, n)
+        self.weight = Parameter(torch.empty(shape))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        n = self.P + 1
+        if self.kind == 'linear':
+            base = 1.0 / (self.num_views * n)
+        elif self.full:
+            base = 1.0 / (n * n)
+        else:
+            # Each of the M factors averages its orders; the rank-th root
+            # spreads the 1 / rank of the component sum over the factors.
+            base = self.rank**(-1.0 / self.num_views) / n
+        with torch.no_grad():
+            self.weight.uniform_(0.9 * base, 1.1 * base)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.size(1) != self.num_views or \
+                x.size(2) != self.P + 1:
+            raise ValueError(f"expected input [|E|, {self.num_views}, "
+                             f"{self.P + 1}] (views, orders), got "
+                             f"{list(x.shape)}")
+        w = self.weight.to(x.dtype)
+        if self.kind == 'linear':
+            return torch.einsum('emp,cmp->ec', x, w)
+        if self.full:
+            return torch.einsum('ep,cpq,eq->ec', x[:, 0], w, x[:, 1])
+        factors = torch.einsum('emp,crmp->ecrm', x, w)
+        return factors.prod(dim=-1).sum(dim=-1)
+
+    def coefficients(self, channel: int = 0) -> CoefficientTable:
+        r"""The learned coefficients of one channel as a named table:
+        views x orders (linear), orders of the first view x orders of the
+        second (full polynomial), or (component, view) x orders (CP)."""
+        if not 0 <= channel < self.out_channels:
+            raise IndexError(f"channel {channel} out of range for "
+                             f"{self.out_channels} channels")
+        w = self.weight.detach()[channel].cpu()
+        orders = [f'p={p}' for p in range(self.P + 1)]
+        if self.kind == 'linear':
+            return CoefficientTable(w, list(self.view_names), orders,
+                                    'view \\ order')
+        if self.full:
+            first, second = self.view_names
+            return CoefficientTable(
+                w, [f'{first} p={p}' for p in range(self.P + 1)],
+                [f'{second} q={q}' for q in range(self.P + 1)],
+                f'{first} \\ {second}')
+        rows = [f'r{r} {name}' for r in range(self.rank)
+                for name in self.view_names]
+        return CoefficientTable(w.reshape(-1, self.P + 1), rows, orders,
+                                'component view \\ order')
+
+    def __repr__(self) -> str:
+        rank = f', rank={self.rank}' if self.rank is not None else ''
+        return (f'{self.__class__.__name__}(num_views={self.num_views}, '
+                f'P={self.P}, out_channels={self.out_channels}, '
+                f'kind={self.kind!r}{rank})')

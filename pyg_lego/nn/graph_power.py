@@ -1,0 +1,279 @@
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.nn.conv import MessagePassing
+
+from pyg_lego.data.similarity import (check_similarity, default_gamma,
+                                      edge_similarity, prepare,
+                                      resolve_score_map)
+from pyg_lego.data.validation import check_order
+from pyg_lego.nn.norm import relation_norm
+from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, two_hop_paths
+
+MODES = ('elementwise', 'masked', 'propagated')
+
+
+class GraphPowerConv(MessagePassing):
+    r"""Graph power expansion of the LEGO fusion operator from the
+    `"Learnable Expansion of Graph Operators for Multi-Modal Feature Fusion"
+    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025), made
+    sparse: orders :math:`p = 0, \ldots, P` of every view's relation graph
+    :math:`\mathbf{R}_m`, all on the shared pattern :math:`\mathcal{E}`.
+
+    **element-wise** (the paper's multilinear polynomial):
+
+    .. math::
+        \mathbf{R}^{(p)}_m = \mathbf{R}_m^{\odot p}, \qquad
+        \mathbf{R}^{(0)}_m = \mathbf{I}
+
+    **masked** matrix power (iterative relationship update), with
+    :math:`\mathbf{A}_m = \mathbf{D}_m^{-1/2} \mathbf{R}_m
+    \mathbf{D}_m^{-1/2}`:
+
+    .. math::
+        \mathbf{R}^{(0)}_m = \mathbf{I}, \quad
+        \mathbf{R}^{(1)}_m = \mathbf{A}_m, \quad
+        \mathbf{R}^{(p)}_m = \mathrm{mask}_{\mathcal{E}}\big(
+        \mathbf{R}^{(p-1)}_m \mathbf{A}_m \big),
+
+    a message passing over the two-step paths :math:`i \to l \to j` closed by
+    an edge :math:`(i, j) \in \mathcal{E}`
+    (see :func:`~pyg_lego.nn.two_hop_paths`); on the complete graph it is
+    the dense matrix power :math:`\mathbf{A}_m^p`.
+
+    **propagated** (SGC/SIGN-like), with :math:`\hat{\mathbf{X}}_m` the
+    view's features as its similarity sees them (unit rows for cosine):
+
+    .. math::
+        \mathbf{Z}^{(p)}_m = \mathbf{A}_m^p \hat{\mathbf{X}}_m, \qquad
+        \mathbf{R}^{(p)}_{m, ij} = \phi\big(\mathrm{sim}_m(
+        \mathbf{Z}^{(p)}_{m, i}, \mathbf{Z}^{(p)}_{m, j})\big),
+
+    so order :math:`0` is the view's own relation score.
+
+    Identities live on :math:`\mathcal{E}`: they are :obj:`1` on its
+    self-loops and vanish without them.
+
+    Args:
+        P (int): Highest order :math:`P`.
+        mode (str, optional): :obj:`"elementwise"`, :obj:`"masked"` or
+            :obj:`"propagated"`. (default: :obj:`"masked"`)
+        order0 (str, optional): Element-wise order :math:`0`: :obj:`"self"`
+            (:obj:`1` on self-loops) or :obj:`"all"` (:obj:`1` on every edge).
+            (default: :obj:`"self"`)
+        similarity (str, optional): Similarity of the propagated mode; must
+            be the one the graph was built with. (default: :obj:`"cosine"`)
+        score_map (str, optional): Score map of the propagated mode.
+            (default: :obj:`"auto"`)
+        gamma (float, optional): RBF bandwidth of the propagated mode.
+        cached (bool, optional): If :obj:`True`, the two-step-path index is
+            built on the first call and reused: for transductive learning on
+            one fixed graph. (default: :obj:`False`)
+        chunk_size (int, optional): Candidate paths examined at once when the
+            path index is built.
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:**
+          edge indices :math:`(2, |\mathcal{E}|)` (or a sparse
+          :math:`(N, N, M)` tensor holding the scores),
+          relation scores :math:`(|\mathcal{E}|, M)`,
+          view features :math:`[(N, d_m)]_{m}` *(propagated mode)*
+        - **output:** :math:`(|\mathcal{E}|, M, P + 1)`
+    """
+
+    _cached_paths: Optional[Tensor]
+
+    def __init__(self, P: int, mode: str = 'masked', order0: str = 'self',
+                 similarity: str = 'cosine', score_map: str = 'auto',
+                 gamma: Optional[float] = None, cached: bool = False,
+                 chunk_size: int = DEFAULT_PATH_CHUNK, **kwargs):
+        kwargs.setdefault('aggr', 'add')
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if order0 not in ('self', 'all'):
+            raise ValueError(f"order0 must be 'self' or 'all', got {order0!r}")
+        self.P = check_order(P)
+        self.mode = mode
+        self.order0 = order0
+        self.similarity = check_similarity(similarity)
+        self.score_map = resolve_score_map(score_map, similarity)
+        self.gamma = gamma
+        self.cached = cached
+        self.chunk_size = chunk_size
+        self._cached_paths = None
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self._cached_paths = None
+
+    def forward(self, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+                xs: Optional[Sequence[Optional[Tensor]]] = None,
+                num_nodes: Optional[int] = None,
+                path_index: Optional[Tensor] = None) -> Tensor:
+        r"""Runs the expansion.
+
+        Args:
+            edge_index (torch.Tensor): The pattern :math:`(2, |\mathcal{E}|)`,
+                or a sparse COO/CSR tensor :math:`(N, N, M)` (or
+                :math:`(N, N)`) whose values are the scores; the output then
+                follows its coalesced order.
+            edge_attr (torch.Tensor, optional): Scores
+                :math:`(|\mathcal{E}|, M)` or :math:`(|\mathcal{E}|,)`.
+            xs (list of torch.Tensor, optional): Every view's features, in
+                the order of the score columns (propagated mode only).
+            num_nodes (int, optional): :math:`N`.
+            path_index (torch.Tensor, optional): A precomputed
+                :func:`~pyg_lego.nn.two_hop_paths` of the coalesced pattern.
+        """
+        edge_index, edge_attr = self._unpack(edge_index, edge_attr)
+        num_views = edge_attr.size(1)
+        if self.mode == 'propagated':
+            xs = self._check_xs(xs, num_views, num_nodes)
+            num_nodes = xs[0].size(0)
+        elif num_nodes is None:
+            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        if edge_index.numel() > 0 and int(edge_index.max()) >= num_nodes:
+            raise ValueError(f"edge_index refers to node "
+                             f"{int(edge_index.max())} but there are only "
+                             f"{num_nodes} nodes")
+
+        edge_index, edge_attr, inverse = _coalesce(edge_index, edge_attr,
+                                                   num_nodes)
+        if self.mode == 'elementwise':
+            out = self._elementwise(edge_index, edge_attr)
+        elif self.mode == 'masked':
+            if inverse is not None:
+                path_index = None  # A given path index refers to edge ids.
+            out = self._masked(edge_index, edge_attr, num_nodes, path_index)
+        else:
+            out = self._propagated(edge_index, edge_attr, xs, num_nodes)
+        return out if inverse is None else out[inverse]
+
+    @staticmethod
+    def _unpack(edge_index, edge_attr) -> Tuple[Tensor, Tensor]:
+        if isinstance(edge_index, Tensor) and edge_index.is_sparse or \
+                isinstance(edge_index, Tensor) and edge_index.layout in (
+                    torch.sparse_csr, torch.sparse_csc):
+            if edge_attr is not None:
+                raise ValueError("pass the scores either as the values of the "
+                                 "sparse tensor or as edge_attr, not both")
+            adj = edge_index.to_sparse_coo().coalesce()
+            edge_index, edge_attr = adj.indices(), adj.values()
+        if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
+                edge_index.size(0) != 2:
+            raise ValueError("edge_index must have shape [2, |E|]")
+        if edge_attr is None:
+            raise ValueError("edge_attr (the relation scores [|E|, M]) is "
+                             "required")
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        if edge_attr.dim() != 2 or edge_attr.size(0) != edge_index.size(1):
+            raise ValueError(f"edge_attr must have shape [|E|, M] with "
+                             f"|E| = {edge_index.size(1)}, got "
+                             f"{list(edge_attr.shape)}")
+        if not edge_attr.is_floating_point():
+            raise TypeError("edge_attr must be floating point")
+        return edge_index, edge_attr
+
+    def _check_xs(self, xs, num_views: int,
+                  num_nodes: Optional[int]) -> List[Tensor]:
+        if xs is None or len(xs) != num_views:
+            raise ValueError(f"the propagated mode needs the features of all "
+                             f"{num_views} views (xs), got "
+                             f"{'none' if xs is None else len(xs)}")
+        for m, x in enumerate(xs):
+            if x is None:
+                raise ValueError(f"view {m} is a given graph without features; "
+                                 f"the propagated mode needs features for "
+                                 f"every view (use mode='masked' or "
+                                 f"'elementwise')")
+            if x.dim() != 2 or x.size(0) != xs[0].size(0):
+                raise ValueError(f"view {m} has features of shape "
+                                 f"{list(x.shape)}; all views need [N, d_m] "
+                                 f"with the same N")
+        if num_nodes is not None and xs[0].size(0) != num_nodes:
+            raise ValueError(f"num_nodes={num_nodes} but the features have "
+                             f"{xs[0].size(0)} rows")
+        return list(xs)
+
+    def _identity(self, edge_index: Tensor, like: Tensor) -> Tensor:
+        loop = (edge_index[0] == edge_index[1]).to(like.dtype).unsqueeze(-1)
+        return loop.expand_as(like)
+
+    def _elementwise(self, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        if self.order0 == 'all':
+            first = torch.ones_like(edge_attr)
+        else:
+            first = self._identity(edge_index, edge_attr)
+        orders = [first] + [edge_attr**p for p in range(1, self.P + 1)]
+        return torch.stack(orders, dim=-1)
+
+    def _paths(self, edge_index: Tensor, num_nodes: int,
+               path_index: Optional[Tensor]) -> Tensor:
+        if path_index is not None:
+            return path_index
+        if self.cached and self._cached_paths is not None:
+            return self._cached_paths
+        paths = two_hop_paths(edge_index, num_nodes, self.chunk_size)
+        if self.cached:
+            self._cached_paths = paths
+        return paths
+
+    def _masked(self, edge_index: Tensor, edge_attr: Tensor, num_nodes: int,
+                path_index: Optional[Tensor]) -> Tensor:
+        orders = [self._identity(edge_index, edge_attr)]
+        if self.P >= 1:
+            a = relation_norm(edge_index, edge_attr, num_nodes)
+            orders.append(a)
+        if self.P >= 2:
+            paths = self._paths(edge_index, num_nodes, path_index)
+            a_second = a.index_select(0, paths[1])
+            first_out = paths[[0, 2]]
+            size = (edge_attr.size(0), edge_attr.size(0))
+            for _ in range(2, self.P + 1):
+                orders.append(
+                    self.propagate(first_out, x=orders[-1], weight=a_second,
+                                   size=size))
+        return torch.stack(orders, dim=-1)
+
+    def _propagated(self, edge_index: Tensor, edge_attr: Tensor,
+                    xs: List[Tensor], num_nodes: int) -> Tensor:
+        a = relation_norm(edge_index, edge_attr, num_nodes)
+        views = []
+        for m, x in enumerate(xs):
+            gamma = default_gamma(x, self.gamma)
+            z = prepare(x, self.similarity)
+            scores = [edge_similarity(z, edge_index, self.similarity,
+                                      self.score_map, gamma, prepared=True)]
+            for _ in range(self.P):
+                z = self.propagate(edge_index, x=z, weight=a[:, m:m + 1])
+                scores.append(
+                    edge_similarity(z, edge_index, self.similarity,
+                                    self.score_map, gamma))
+            views.append(torch.stack(scores, dim=-1))
+        return torch.stack(views, dim=1)
+
+    def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
+        return weight * x_j
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(P={self.P}, mode={self.mode!r}, '
+                f'similarity={self.similarity!r})')
+
+
+def _coalesce(edge_index: Tensor, edge_attr: Tensor, num_nodes: int):
+    r"""Sorts and merges duplicate edges (summing their scores, as
+    :func:`torch_geometric.utils.coalesce` does). Returns the inverse map to
+    the input order, or :obj:`None` if the input was coalesced already."""
+    key = edge_index[0] * num_nodes + edge_index[1]
+    if key.numel() < 2 or bool((key[1:] > key[:-1]).all()):
+        return edge_index, edge_attr, None
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    merged = edge_attr.new_zeros(uniq.numel(), edge_attr.size(1))
+    merged = merged.index_add(0, inverse, edge_attr)
+    return torch.stack([uniq // num_nodes, uniq % num_nodes]), merged, inverse
+

@@ -1,0 +1,172 @@
+from typing import Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import GCNConv, MessagePassing
+from torch_geometric.utils import scatter, to_dense_adj
+
+
+class GraphSpaceHead(torch.nn.Module):
+    r"""The graph-space head of LEGO for small graphs (METHOD.md, section 4):
+    each node is represented by its row of the dense fused graph and scored
+    by a small MLP,
+
+    .. math::
+        s_i = \mathbf{w}_2^\top \, \mathrm{ReLU}\big(\mathbf{W}_1
+        [\mathbf{G}_{i, :, 1} \Vert \cdots \Vert \mathbf{G}_{i, :, C}]
+        + \mathbf{b}_1\big) + b_2.
+
+    Graphs of a mini-batch are densified one by one (at most
+    :obj:`num_nodes` nodes each, smaller ones zero-padded), so this head is
+    for the paper's setting of small graphs (e.g. :math:`T = 32` snippets).
+
+    Args:
+        num_nodes (int): Largest graph size :math:`N`.
+        channels (int, optional): Fused channels :math:`C`. (default: :obj:`1`)
+        hidden_channels (int, optional): Hidden width; :math:`N` if
+            :obj:`None`.
+        dropout (float, optional): Dropout on the hidden layer.
+            (default: :obj:`0.0`)
+
+    Shapes:
+        - **input:** fused weights :math:`(|\mathcal{E}|, C)`, edge indices
+          :math:`(2, |\mathcal{E}|)`, batch vector :math:`(|\mathcal{V}|)`
+          *(optional)*
+        - **output:** node scores :math:`(|\mathcal{V}|)`
+    """
+
+    def __init__(self, num_nodes: int, channels: int = 1,
+                 hidden_channels: Optional[int] = None, dropout: float = 0.0):
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.channels = channels
+        self.hidden_channels = hidden_channels or num_nodes
+        self.dropout = dropout
+        self.lin1 = torch.nn.Linear(num_nodes * channels, self.hidden_channels)
+        self.lin2 = torch.nn.Linear(self.hidden_channels, 1)
+
+    def reset_parameters(self):
+        self.lin1.reset_parameters()
+        self.lin2.reset_parameters()
+
+    def forward(self, fused: Tensor, edge_index: Tensor,
+                batch: Optional[Tensor] = None) -> Tensor:
+        if fused.dim() == 1:
+            fused = fused.unsqueeze(-1)
+        if batch is None:
+            batch = edge_index.new_zeros(int(edge_index.max()) + 1)
+        sizes = torch.bincount(batch)
+        if int(sizes.max()) > self.num_nodes:
+            raise ValueError(f"a graph has {int(sizes.max())} nodes but the "
+                             f"head was built for at most {self.num_nodes}")
+        dense = to_dense_adj(edge_index, batch, fused,
+                             max_num_nodes=self.num_nodes)
+        rows = dense.reshape(dense.size(0), self.num_nodes, -1)
+        h = torch.relu(self.lin1(rows))
+        h = torch.nn.functional.dropout(h, self.dropout, self.training)
+        scores = self.lin2(h).squeeze(-1)
+        valid = torch.arange(self.num_nodes, device=batch.device) < \
+            sizes.unsqueeze(-1)
+        return scores[valid]
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_nodes={self.num_nodes}, '
+                f'channels={self.channels}, '
+                f'hidden_channels={self.hidden_channels})')
+
+
+class PropagationHead(torch.nn.Module):
+    r"""The propagation head of LEGO for graphs of any size: a stack of PyG
+    layers over node features whose :obj:`edge_weight` is the fused graph.
+    With :math:`C` fused channels, each layer runs one convolution per
+    channel and sums them:
+
+    .. math::
+        \mathbf{H}^{(l+1)} = \sigma\Big( \sum_{c=1}^{C}
+        \mathrm{Conv}^{(l)}_c\big(\mathbf{H}^{(l)}, \mathcal{E},
+        \mathbf{G}_{:, c}\big) \Big)
+
+    Args:
+        in_channels (int): Input feature width.
+        hidden_channels (int): Hidden width.
+        out_channels (int): Output width.
+        num_layers (int, optional): Layers. (default: :obj:`2`)
+        channels (int, optional): Fused channels :math:`C`. (default: :obj:`1`)
+        conv (type, optional): A PyG layer class taking
+            :obj:`(x, edge_index, edge_weight)`.
+            (default: :class:`~torch_geometric.nn.GCNConv`)
+        dropout (float, optional): Dropout between layers. (default: :obj:`0.0`)
+        **conv_kwargs (optional): Extra arguments of :obj:`conv`.
+
+    Shapes:
+        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, edge
+          indices :math:`(2, |\mathcal{E}|)`, fused weights
+          :math:`(|\mathcal{E}|, C)`
+        - **output:** :math:`(|\mathcal{V}|, F_{out})`
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int,
+                 out_channels: int, num_layers: int = 2, channels: int = 1,
+                 conv: Type[MessagePassing] = GCNConv, dropout: float = 0.0,
+                 **conv_kwargs):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_layers, self.channels, self.dropout = num_layers, channels, \
+            dropout
+        widths = [in_channels] + [hidden_channels] * (num_layers - 1) + \
+            [out_channels]
+        self.convs = torch.nn.ModuleList([
+            torch.nn.ModuleList([
+                conv(widths[i], widths[i + 1], **conv_kwargs)
+                for _ in range(channels)
+            ]) for i in range(num_layers)
+        ])
+
+    def reset_parameters(self):
+        for layer in self.convs:
+            for conv in layer:
+                conv.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, fused: Tensor) -> Tensor:
+        if fused.dim() == 1:
+            fused = fused.unsqueeze(-1)
+        if fused.size(1) != self.channels:
+            raise ValueError(f"fused has {fused.size(1)} channels but the head "
+                             f"expects {self.channels}")
+        for i, layer in enumerate(self.convs):
+            x = sum(conv(x, edge_index, fused[:, c])
+                    for c, conv in enumerate(layer))
+            if i < self.num_layers - 1:
+                x = torch.relu(x)
+                x = torch.nn.functional.dropout(x, self.dropout, self.training)
+        return x
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, num_layers={self.num_layers}, '
+                f'channels={self.channels}, '
+                f'conv={type(self.convs[0][0]).__name__})')
+
+
+def node_statistics(fused: Tensor, edge_index: Tensor, num_nodes: int,
+                    batch: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tensor]:
+    r"""Weighted degree :math:`d_i = \sum_j \mathbf{G}_{ij}` of every node and
+    its (population) variance within each graph.
+
+    Returns:
+        :obj:`(degree, variance)` of shapes :math:`(N, C)` and
+        :math:`(B, C)`.
+    """
+    if fused.dim() == 1:
+        fused = fused.unsqueeze(-1)
+    degree = scatter(fused, edge_index[0], 0, dim_size=num_nodes,
+                     reduce='sum')
+    if batch is None:
+        batch = edge_index.new_zeros(num_nodes)
+    mean = scatter(degree, batch, 0, reduce='mean')
+    variance = scatter((degree - mean[batch])**2, batch, 0, reduce='mean')
+    return degree, variance
+

@@ -1,0 +1,133 @@
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from pyg_lego.data.relation import view_features
+from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
+from pyg_lego.nn.graph_power import GraphPowerConv
+
+
+class LEGO(torch.nn.Module):
+    r"""LEGO fusion end to end, from the `"Learnable Expansion of Graph
+    Operators for Multi-Modal Feature Fusion"
+    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025):
+    relation scores :math:`\to` graph power expansion
+    (:class:`GraphPowerConv`) :math:`\to` learnable fusion
+    (:class:`LEGOFusion`) :math:`\to` fused edge weights.
+
+    .. math::
+        \mathbf{G} = f_{\Theta}\big( \{ \mathbf{R}^{(p)}_m \}_{m \le M,
+        \, p \le P} \big) \in \mathbb{R}^{|\mathcal{E}| \times C}
+
+    The fused weights can be the :obj:`edge_weight` of any PyG layer over the
+    same :obj:`edge_index`, or feed :class:`GraphSpaceHead`.
+
+    Args:
+        view_names (list of str): The views, in the order of the score
+            columns (:obj:`data.view_names`).
+        P (int, optional): Highest order :math:`P`. (default: :obj:`2`)
+        mode (str, optional): Expansion mode, see :class:`GraphPowerConv`.
+            (default: :obj:`"masked"`)
+        fusion (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
+            (default: :obj:`"polynomial"`)
+        out_channels (int, optional): Fused graphs :math:`C`.
+            (default: :obj:`1`)
+        rank (int, optional): CP rank, see :class:`LEGOFusion`.
+        order0 (str, optional): Element-wise order 0, see
+            :class:`GraphPowerConv`. (default: :obj:`"self"`)
+        similarity (str, optional): The graph's similarity (propagated mode).
+            (default: :obj:`"cosine"`)
+        score_map (str, optional): The graph's score map (propagated mode).
+            (default: :obj:`"auto"`)
+        gamma (float, optional): RBF bandwidth (propagated mode).
+        cached (bool, optional): Cache the two-step-path index (one fixed
+            graph). (default: :obj:`False`)
+
+    Shapes:
+        - **input:** edge indices :math:`(2, |\mathcal{E}|)`, relation scores
+          :math:`(|\mathcal{E}|, M)`, view features :math:`[(N, d_m)]_m`
+          *(propagated mode)*
+        - **output:** fused edge weights :math:`(|\mathcal{E}|, C)`
+    """
+
+    def __init__(self, view_names: Sequence[str], P: int = 2,
+                 mode: str = 'masked', fusion: str = 'polynomial',
+                 out_channels: int = 1, rank: Optional[int] = None,
+                 order0: str = 'self', similarity: str = 'cosine',
+                 score_map: str = 'auto', gamma: Optional[float] = None,
+                 cached: bool = False):
+        super().__init__()
+        if isinstance(view_names, str) or len(view_names) == 0:
+            raise ValueError("view_names must be a non-empty list of names")
+        self.view_names = list(view_names)
+        self.expansion = GraphPowerConv(P, mode=mode, order0=order0,
+                                        similarity=similarity,
+                                        score_map=score_map, gamma=gamma,
+                                        cached=cached)
+        self.fusion = LEGOFusion(len(self.view_names), P,
+                                 out_channels=out_channels, kind=fusion,
+                                 rank=rank, view_names=self.view_names)
+
+    @property
+    def P(self) -> int:
+        return self.expansion.P
+
+    @property
+    def mode(self) -> str:
+        return self.expansion.mode
+
+    def reset_parameters(self):
+        self.expansion.reset_parameters()
+        self.fusion.reset_parameters()
+
+    def forward(self, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+                xs: Optional[Sequence[Optional[Tensor]]] = None,
+                num_nodes: Optional[int] = None,
+                path_index: Optional[Tensor] = None) -> Tensor:
+        if edge_attr is not None and edge_attr.dim() == 2 and \
+                edge_attr.size(1) != len(self.view_names):
+            raise ValueError(f"edge_attr has {edge_attr.size(1)} score "
+                             f"columns but the model has "
+                             f"{len(self.view_names)} views "
+                             f"{self.view_names}")
+        powers = self.expansion(edge_index, edge_attr, xs=xs,
+                                num_nodes=num_nodes, path_index=path_index)
+        return self.fusion(powers)
+
+    def fuse(self, data: Data) -> Tensor:
+        r"""Fused edge weights of a graph (or a mini-batch) made by
+        :func:`~pyg_lego.build_relation_graph`; the views are taken by name."""
+        names = data.view_names
+        if names and isinstance(names[0], (list, tuple)):  # a mini-batch
+            names = names[0]
+        if list(names) != self.view_names:
+            raise ValueError(f"the graph has views {list(names)} but the model "
+                             f"was built for {self.view_names}")
+        if self.mode == 'propagated':
+            sim = data.similarity
+            sim = sim[0] if isinstance(sim, (list, tuple)) else sim
+            smap = data.score_map
+            smap = smap[0] if isinstance(smap, (list, tuple)) else smap
+            if (sim, smap) != (self.expansion.similarity,
+                               self.expansion.score_map):
+                raise ValueError(
+                    f"the graph was scored with similarity={sim!r}, "
+                    f"score_map={smap!r} but the model propagates with "
+                    f"similarity={self.expansion.similarity!r}, "
+                    f"score_map={self.expansion.score_map!r}")
+        xs = view_features(data, self.view_names) \
+            if self.mode == 'propagated' else None
+        return self(data.edge_index, data.edge_attr, xs=xs,
+                    num_nodes=data.num_nodes,
+                    path_index=data.get('path_index'))
+
+    def coefficients(self, channel: int = 0) -> CoefficientTable:
+        return self.fusion.coefficients(channel)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(views={self.view_names}, '
+                f'P={self.P}, mode={self.mode!r}, '
+                f'fusion={self.fusion.kind!r}, '
+                f'out_channels={self.fusion.out_channels})')

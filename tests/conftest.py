@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(12345)
+
+
+def random_views(num_nodes, widths, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {f'v{m}': torch.randn(num_nodes, d, generator=gen, dtype=dtype)
+            for m, d in enumerate(widths)}
+
+
+def dense_at(dense, edge_index):
+    r"""Values of a dense tensor [..., N, N] at the edges, moved to [E, ...]."""
+    vals = dense[..., edge_index[0], edge_index[1]]
+    return vals.movedim(-1, 0)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason='needs a CUDA device')

@@ -1,0 +1,187 @@
+r"""Sparse equals dense: every expansion mode and fusion kind against
+:mod:`pyg_lego.dense`, forward and gradients, on kNN and complete patterns."""
+import random
+
+import pytest
+import torch
+
+from pyg_lego import LEGO, build_relation_graph, dense
+from pyg_lego.data import GivenGraph, relation_scores
+from pyg_lego.nn import GraphPowerConv, LEGOFusion
+
+from .conftest import dense_at, random_views
+
+MODES = ['elementwise', 'masked', 'propagated']
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5),
+       torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+def _cases(count, seed):
+    rng = random.Random(seed)
+    for _ in range(count):
+        n = rng.randint(3, 60)
+        yield dict(n=n, m=rng.randint(1, 4), P=rng.randint(0, 4),
+                   k=rng.randint(1, n - 1), self_loops=rng.random() < 0.7,
+                   seed=rng.randint(0, 10**6))
+
+
+def _check_pattern(data, views, k, self_loops):
+    mask, r = dense.relation_graph(views, k, self_loops=self_loops)
+    ei = data.edge_index
+    assert int(mask.sum()) == ei.size(1)
+    assert bool(mask[ei[0], ei[1]].all())
+    return mask, r
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('case', list(_cases(6, seed=7)),
+                         ids=lambda c: 'n{n}-m{m}-P{P}-k{k}-sl{self_loops}'
+                         .format(**c))
+def test_expansion_matches_dense(case, mode, dtype):
+    widths = [3 + 2 * i for i in range(case['m'])]
+    views = random_views(case['n'], widths, dtype, case['seed'])
+    data = build_relation_graph(views, k=case['k'],
+                                self_loops=case['self_loops'])
+    mask, r = _check_pattern(data, views, case['k'], case['self_loops'])
+    assert torch.allclose(data.edge_attr, dense_at(r, data.edge_index),
+                          **TOL[dtype])
+    conv = GraphPowerConv(case['P'], mode=mode)
+    out = conv(data.edge_index, data.edge_attr, xs=list(views.values()))
+    assert out.shape == (data.num_edges, case['m'], case['P'] + 1)
+    ref = dense.graph_powers(r, mask, case['P'], mode,
+                             xs=list(views.values()))
+    assert torch.allclose(out, dense_at(ref, data.edge_index), **TOL[dtype])
+
+
+@pytest.mark.parametrize('kind,rank', [('linear', None),
+                                       ('polynomial', None),
+                                       ('polynomial', 2)])
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('case', list(_cases(4, seed=11)),
+                         ids=lambda c: 'n{n}-m{m}-P{P}-k{k}-sl{self_loops}'
+                         .format(**c))
+def test_lego_forward_and_gradients_match_dense(case, mode, kind, rank,
+                                                dtype):
+    widths = [4 + i for i in range(case['m'])]
+    views = random_views(case['n'], widths, dtype, case['seed'])
+    names = list(views)
+    data = build_relation_graph(views, k=case['k'],
+                                self_loops=case['self_loops'])
+    mask, _ = _check_pattern(data, views, case['k'], case['self_loops'])
+
+    model = LEGO(names, P=case['P'], mode=mode, fusion=kind, rank=rank,
+                 out_channels=2).to(dtype)
+    leaves = {n: v.clone().requires_grad_() for n, v in views.items()}
+    edge_attr = relation_scores(leaves, data.edge_index)
+    out = model(data.edge_index, edge_attr, xs=list(leaves.values()))
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    grads = [leaves[n].grad for n in names] + [model.fusion.weight.grad]
+
+    model.zero_grad()
+    dleaves = {n: v.clone().requires_grad_() for n, v in views.items()}
+    _, r = dense.relation_graph(dleaves, case['k'],
+                                self_loops=case['self_loops'])
+    powers = dense.graph_powers(r, mask, case['P'], mode,
+                                xs=list(dleaves.values()))
+    g = dense.fuse(powers, model.fusion)  # [C, N, N]
+    ref = g[:, data.edge_index[0], data.edge_index[1]].t()
+    assert torch.allclose(out, ref, **TOL[dtype])
+    assert bool((g * ~mask).eq(0).all())
+    (ref * weights).sum().backward()
+    dgrads = [dleaves[n].grad for n in names] + [model.fusion.weight.grad]
+    for leaf, a, b in zip(list(leaves.values()) + [model.fusion.weight],
+                          grads, dgrads):
+        # No gradient at all when the output does not depend on the leaf
+        # (e.g. P = 0 without self-loops): both sides must agree on that too.
+        a = torch.zeros_like(leaf) if a is None else a
+        b = torch.zeros_like(leaf) if b is None else b
+        assert torch.allclose(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize('similarity', ['cosine', 'dot', 'rbf'])
+@pytest.mark.parametrize('score_map', ['auto', 'affine', 'clamp', 'raw'])
+def test_similarities_and_score_maps_match_dense(similarity, score_map):
+    views = random_views(25, [6, 4], seed=3)
+    data = build_relation_graph(views, k=4, similarity=similarity,
+                                score_map=score_map)
+    mask, r = dense.relation_graph(views, 4, similarity, score_map)
+    assert int(mask.sum()) == data.num_edges
+    assert torch.allclose(data.edge_attr, dense_at(r, data.edge_index),
+                          atol=1e-10)
+    if score_map in ('auto', 'affine', 'clamp') or similarity == 'rbf':
+        conv = GraphPowerConv(3, mode='propagated', similarity=similarity,
+                              score_map=score_map)
+        out = conv(data.edge_index, data.edge_attr, xs=list(views.values()))
+        ref = dense.graph_powers(r, mask, 3, 'propagated',
+                                 xs=list(views.values()),
+                                 similarity=similarity, score_map=score_map)
+        assert torch.allclose(out, dense_at(ref, data.edge_index),
+                              atol=1e-10)
+
+
+@pytest.mark.parametrize('n', [3, 9, 17])
+def test_masked_power_on_complete_graph_is_matrix_power(n):
+    views = random_views(n, [5, 3], seed=n)
+    data = build_relation_graph(views, k=n - 1)
+    assert data.num_edges == n * n
+    P = 4
+    out = GraphPowerConv(P, mode='masked')(data.edge_index, data.edge_attr)
+    mask, r = dense.relation_graph(views, n - 1)
+    for m in range(2):
+        a = dense.normalize(r[m], mask)
+        for p in range(P + 1):
+            ref = torch.linalg.matrix_power(a, p)
+            assert torch.allclose(out[:, m, p],
+                                  dense_at(ref, data.edge_index), atol=1e-12)
+
+
+def test_k_at_least_n_is_complete():
+    views = random_views(7, [3])
+    for k in (6, 7, 100):
+        assert build_relation_graph(views, k=k).num_edges == 49
+    assert build_relation_graph(views, k=6, self_loops=False).num_edges == 42
+
+
+def test_elementwise_order0_all():
+    views = random_views(12, [4, 4])
+    data = build_relation_graph(views, k=3)
+    mask, r = dense.relation_graph(views, 3)
+    out = GraphPowerConv(2, mode='elementwise', order0='all')(
+        data.edge_index, data.edge_attr)
+    ref = dense.graph_powers(r, mask, 2, 'elementwise', order0='all')
+    assert torch.allclose(out, dense_at(ref, data.edge_index))
+    assert bool((out[..., 0] == 1).all())
+
+
+def test_given_graph_view_matches_dense():
+    views = random_views(15, [5], seed=4)
+    gen = torch.Generator().manual_seed(1)
+    ei = torch.randint(0, 15, (2, 30), generator=gen)
+    w = torch.rand(30, generator=gen, dtype=torch.float64)
+    views['cites'] = GivenGraph(ei, w, self_loop_weight=0.5)
+    data = build_relation_graph(views, k=2)
+    mask, r = dense.relation_graph(views, 2)
+    assert int(mask.sum()) == data.num_edges
+    assert torch.allclose(data.edge_attr, dense_at(r, data.edge_index))
+    for mode in ('elementwise', 'masked'):
+        out = GraphPowerConv(3, mode=mode)(data.edge_index, data.edge_attr)
+        ref = dense.graph_powers(r, mask, 3, mode)
+        assert torch.allclose(out, dense_at(ref, data.edge_index))
+
+
+def test_full_polynomial_is_spanned_by_cp_rank_p_plus_1():
+    # With two views, CP of rank P + 1 can represent any full matrix A:
+    # A = U V^T, factor r of view 1 = U[:, r], of view 2 = V[:, r].
+    P = 2
+    full = LEGOFusion(2, P).double()
+    cp = LEGOFusion(2, P, rank=P + 1).double()
+    a = full.weight.data[0]
+    u, s, vh = torch.linalg.svd(a)
+    with torch.no_grad():
+        cp.weight[0, :, 0] = (u * s).t()
+        cp.weight[0, :, 1] = vh
+    x = torch.rand(40, 2, P + 1, dtype=torch.float64)
+    assert torch.allclose(full(x), cp(x), atol=1e-12)
