@@ -39,8 +39,8 @@ class CoefficientTable:
 
 class LEGOFusion(torch.nn.Module):
     r"""The learnable fusion operator of LEGO from the
-    `"Learnable Expansion of Graph Operators for Multi-Modal Feature Fusion"
-    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025): it
+    "Learnable Expansion of Graph Operators for Multi-Modal Feature
+    Fusion" paper (ICLR 2025): it
     combines the hop-wise relation scores
     :math:`\mathbf{R}^{(p)}_m` of all views into :math:`C` fused graphs.
 

@@ -16,8 +16,8 @@ MODES = ('elementwise', 'masked', 'propagated')
 
 class GraphPowerConv(MessagePassing):
     r"""Graph power expansion of the LEGO fusion operator from the
-    `"Learnable Expansion of Graph Operators for Multi-Modal Feature Fusion"
-    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025), made
+    "Learnable Expansion of Graph Operators for Multi-Modal Feature
+    Fusion" paper (ICLR 2025), made
     sparse: orders :math:`p = 0, \ldots, P` of every view's relation graph
     :math:`\mathbf{R}_m`, all on the shared pattern :math:`\mathcal{E}`.
 

@@ -10,9 +10,8 @@ from pyg_lego.nn.graph_power import GraphPowerConv
 
 
 class LEGO(torch.nn.Module):
-    r"""LEGO fusion end to end, from the `"Learnable Expansion of Graph
-    Operators for Multi-Modal Feature Fusion"
-    <https://openreview.net/forum?id=SMZqIOSdlN>`_ paper (ICLR 2025):
+    r"""LEGO fusion end to end, from the "Learnable Expansion of Graph
+    Operators for Multi-Modal Feature Fusion" paper (ICLR 2025):
     relation scores :math:`\to` graph power expansion
     (:class:`GraphPowerConv`) :math:`\to` learnable fusion
     (:class:`LEGOFusion`) :math:`\to` fused edge weights.
