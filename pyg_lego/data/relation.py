@@ -12,7 +12,7 @@ from torch_geometric.data import Data
 from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges, exact_knn
 from pyg_lego.data.similarity import (check_similarity, edge_similarity,
                                       resolve_score_map)
-from pyg_lego.data.validation import (check_features, check_k,
+from pyg_lego.data.validation import (check_features, check_finite, check_k,
                                       check_same_device, zero_norm_rows)
 
 
@@ -126,7 +126,9 @@ def _validate(views: Mapping[str, View], num_nodes: Optional[int],
     for name, v in views.items():
         if isinstance(v, GivenGraph):
             _check_given(name, v, num_nodes)
-        elif similarity == 'cosine' and zero_rows == 'error':
+            continue
+        check_finite(name, v)
+        if similarity == 'cosine' and zero_rows == 'error':
             zeros = zero_norm_rows(v)
             if zeros.numel() > 0:
                 raise ValueError(

@@ -35,6 +35,10 @@ def check_features(name: str, x: Any) -> Tensor:
                         f"floating point (cast with .float())")
     if x.size(0) == 0 or x.size(1) == 0:
         raise ValueError(f"view '{name}' is empty (shape {list(x.shape)})")
+    return x
+
+
+def check_finite(name: str, x: Tensor) -> Tensor:
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0]

@@ -1,0 +1,59 @@
+r"""Mini-batches of graphs of different sizes equal the graphs one at a time."""
+import pytest
+import torch
+from torch_geometric.loader import DataLoader
+
+from pyg_lego import LEGO, build_relation_graph
+from pyg_lego.nn import GraphSpaceHead, node_statistics, two_hop_paths
+
+from .conftest import random_views
+
+
+def _graphs():
+    sizes = [(9, 3), (14, 4), (6, 5), (20, 19), (11, 2)]
+    return [build_relation_graph(random_views(n, [5, 3, 4], seed=i), k=k)
+            for i, (n, k) in enumerate(sizes)]
+
+
+@pytest.mark.parametrize('mode', ['elementwise', 'masked', 'propagated'])
+@pytest.mark.parametrize('fusion', ['polynomial', 'linear'])
+def test_batch_equals_one_by_one(mode, fusion):
+    graphs = _graphs()
+    model = LEGO(['v0', 'v1', 'v2'], P=3, mode=mode, fusion=fusion,
+                 out_channels=2).double()
+    batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
+    assert batch.num_graphs == len(graphs)
+    fused = model.fuse(batch)
+    alone = torch.cat([model.fuse(g) for g in graphs])
+    assert torch.allclose(fused, alone, atol=1e-12)
+
+
+def test_batched_path_index_is_offset_by_edges():
+    graphs = _graphs()
+    for g in graphs:
+        g.path_index = two_hop_paths(g.edge_index, g.num_nodes)
+    batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
+    assert torch.equal(batch.path_index,
+                       two_hop_paths(batch.edge_index, batch.num_nodes))
+    model = LEGO(['v0', 'v1', 'v2'], P=3).double()
+    assert torch.allclose(model.fuse(batch),
+                          torch.cat([model.fuse(g) for g in graphs]))
+
+
+def test_heads_on_a_batch_equal_one_by_one():
+    graphs = [build_relation_graph(random_views(n, [4, 4], seed=n), k=n - 1)
+              for n in (8, 8, 5)]
+    model = LEGO(['v0', 'v1'], P=2, out_channels=2).double()
+    head = GraphSpaceHead(num_nodes=8, channels=2).double()
+    batch = next(iter(DataLoader(graphs, batch_size=3)))
+    scores = head(model.fuse(batch), batch.edge_index, batch.batch)
+    assert scores.shape == (21,)
+    alone = torch.cat([head(model.fuse(g), g.edge_index) for g in graphs])
+    assert torch.allclose(scores, alone, atol=1e-12)
+
+    degree, variance = node_statistics(model.fuse(batch), batch.edge_index,
+                                       batch.num_nodes, batch.batch)
+    assert degree.shape == (21, 2) and variance.shape == (3, 2)
+    for i, g in enumerate(graphs):
+        d, v = node_statistics(model.fuse(g), g.edge_index, g.num_nodes)
+        assert torch.allclose(variance[i], v[0], atol=1e-12)

@@ -1,0 +1,146 @@
+r"""Layers: shapes, repr, reset, sparse-tensor input, caching, coefficient
+tables, heads and the plotting helper."""
+import pytest
+import torch
+from torch_geometric.nn import GraphConv
+
+from pyg_lego import LEGO, build_relation_graph, plot_coefficients
+from pyg_lego.nn import (GraphPowerConv, LEGOFusion, PropagationHead,
+                         two_hop_paths)
+
+from .conftest import random_views
+
+
+@pytest.fixture
+def data():
+    return build_relation_graph(random_views(16, [5, 3, 4]), k=4)
+
+
+def test_repr():
+    assert repr(GraphPowerConv(3)) == \
+        "GraphPowerConv(P=3, mode='masked', similarity='cosine')"
+    assert repr(LEGOFusion(2, 3)) == ("LEGOFusion(num_views=2, P=3, "
+                                      "out_channels=1, kind='polynomial')")
+    assert repr(LEGOFusion(3, 2, 4, rank=5)) == (
+        "LEGOFusion(num_views=3, P=2, out_channels=4, kind='polynomial', "
+        "rank=5)")
+    assert repr(LEGO(['a', 'b'], fusion='linear')) == (
+        "LEGO(views=['a', 'b'], P=2, mode='masked', fusion='linear', "
+        "out_channels=1)")
+    assert repr(PropagationHead(8, 16, 2)) == (
+        'PropagationHead(8, 2, num_layers=2, channels=1, conv=GCNConv)')
+
+
+@pytest.mark.parametrize('kind,M,rank,shape', [
+    ('linear', 3, None, (2, 3, 4)), ('polynomial', 2, None, (2, 4, 4)),
+    ('polynomial', 3, None, (2, 4, 3, 4)), ('polynomial', 2, 2, (2, 2, 2, 4))
+])
+def test_fusion_shapes_and_reset(kind, M, rank, shape):
+    fusion = LEGOFusion(M, 3, out_channels=2, kind=kind, rank=rank)
+    assert fusion.weight.shape == shape
+    out = fusion(torch.rand(7, M, 4))
+    assert out.shape == (7, 2)
+    before = fusion.weight.detach().clone()
+    fusion.reset_parameters()
+    assert not torch.equal(before, fusion.weight)
+
+
+def test_initial_fusion_is_near_the_plain_average():
+    x = torch.rand(50, 3, 3)
+    for kind in ('linear', 'polynomial'):
+        fusion = LEGOFusion(3, 2, kind=kind)
+        out = fusion(x)[:, 0]
+        ref = x.mean(dim=(1, 2)) if kind == 'linear' else \
+            x.mean(dim=2).prod(dim=1)
+        assert torch.allclose(out, ref, rtol=0.35)
+
+
+def test_coefficient_tables():
+    lin = LEGOFusion(2, 1, kind='linear', view_names=['rgb', 'flow'])
+    table = lin.coefficients()
+    assert table.rows == ['rgb', 'flow'] and table.cols == ['p=0', 'p=1']
+    assert table.to_dict()['flow']['p=1'] == pytest.approx(
+        float(lin.weight[0, 1, 1]))
+    assert table.to_markdown().splitlines()[0] == \
+        '| view \\ order | p=0 | p=1 |'
+    full = LEGOFusion(2, 1, view_names=['rgb', 'flow']).coefficients()
+    assert full.rows == ['rgb p=0', 'rgb p=1']
+    assert full.cols == ['flow q=0', 'flow q=1']
+    cp = LEGOFusion(3, 1, rank=2, view_names=['a', 'b', 'c']).coefficients()
+    assert cp.values.shape == (6, 2) and cp.rows[3] == 'r1 a'
+    with pytest.raises(IndexError, match='channel 1 out of range'):
+        lin.coefficients(1)
+
+
+def test_plot_coefficients(tmp_path):
+    pytest.importorskip('matplotlib')
+    path = plot_coefficients(LEGO(['a', 'b'], P=2).coefficients(),
+                             str(tmp_path / 'sub' / 'coef.png'))
+    with open(path, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('mode', ['elementwise', 'masked'])
+def test_sparse_tensor_input(data, mode):
+    conv = GraphPowerConv(3, mode=mode)
+    ref = conv(data.edge_index, data.edge_attr)
+    n = data.num_nodes
+    # All views at once as a hybrid COO tensor [N, N, M] ...
+    adj = torch.sparse_coo_tensor(data.edge_index, data.edge_attr, (n, n, 3))
+    assert torch.allclose(conv(adj), ref)
+    # ... or one view as a CSR matrix [N, N].
+    csr = torch.sparse_coo_tensor(data.edge_index, data.edge_attr[:, 1],
+                                  (n, n)).to_sparse_csr()
+    assert torch.allclose(conv(csr), ref[:, 1:2])
+    with pytest.raises(ValueError, match='either as the values'):
+        conv(adj, data.edge_attr)
+
+
+def test_unsorted_and_duplicate_edges_are_coalesced(data):
+    conv = GraphPowerConv(3, mode='masked')
+    ref = conv(data.edge_index, data.edge_attr)
+    perm = torch.randperm(data.num_edges)
+    out = conv(data.edge_index[:, perm], data.edge_attr[perm])
+    assert torch.allclose(out, ref[perm])
+    # An edge listed twice with half its score each is the same edge.
+    ei = torch.cat([data.edge_index, data.edge_index[:, :5]], dim=1)
+    attr = torch.cat([data.edge_attr, data.edge_attr[:5]])
+    attr[:5] /= 2
+    attr[-5:] /= 2
+    out = conv(ei, attr)
+    assert torch.allclose(out[:data.num_edges], ref)
+    assert torch.allclose(out[-5:], ref[:5])
+
+
+def test_cached_path_index(data):
+    conv = GraphPowerConv(3, mode='masked', cached=True)
+    out = conv(data.edge_index, data.edge_attr)
+    assert torch.equal(conv._cached_paths,
+                       two_hop_paths(data.edge_index, data.num_nodes))
+    assert torch.allclose(conv(data.edge_index, data.edge_attr), out)
+    conv.reset_parameters()
+    assert conv._cached_paths is None
+
+
+def test_two_hop_paths_chunked_equals_whole(data):
+    whole = two_hop_paths(data.edge_index, data.num_nodes)
+    chunked = two_hop_paths(data.edge_index, data.num_nodes, chunk_size=7)
+    assert torch.equal(whole, chunked)
+    row, col = data.edge_index
+    e1, e2, out = whole
+    assert torch.equal(row[e1], row[out]) and torch.equal(col[e2], col[out])
+    assert torch.equal(col[e1], row[e2])
+
+
+@pytest.mark.parametrize('conv', [None, GraphConv])
+def test_propagation_head(data, conv):
+    model = LEGO(data.view_names, P=2, out_channels=2).double()
+    fused = model.fuse(data)
+    kwargs = {} if conv is None else {'conv': conv}
+    head = PropagationHead(5, 8, 3, channels=2, **kwargs).double()
+    out = head(data.x_v0, data.edge_index, fused)
+    assert out.shape == (16, 3)
+    out.sum().backward()
+    assert model.fusion.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='fused has 1 channels'):
+        head(data.x_v0, data.edge_index, fused[:, :1])
