@@ -144,3 +144,31 @@ def test_propagation_head(data, conv):
     assert model.fusion.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='fused has 1 channels'):
         head(data.x_v0, data.edge_index, fused[:, :1])
+
+
+def test_dense_blocks_equal_path_message_passing():
+    from torch_geometric.loader import DataLoader
+    from pyg_lego.nn.graph_power import complete_block_size
+    graphs = [build_relation_graph(random_views(6, [4, 3], seed=s), k=5)
+              for s in range(4)]
+    batch = next(iter(DataLoader(graphs, batch_size=4)))
+    assert complete_block_size(batch.edge_index, batch.num_nodes) == 6
+    attr = batch.edge_attr.clone().requires_grad_()
+    fast = GraphPowerConv(4, dense_blocks=True)(batch.edge_index, attr)
+    fast.pow(2).sum().backward()
+    grad_fast, attr.grad = attr.grad, None
+    slow = GraphPowerConv(4, dense_blocks=False)(batch.edge_index, attr)
+    slow.pow(2).sum().backward()
+    assert torch.allclose(fast, slow, atol=1e-12)
+    assert torch.allclose(grad_fast, attr.grad, atol=1e-12)
+    # Graphs of different sizes, kNN graphs and graphs without self-loops
+    # take the path message passing.
+    mixed = next(iter(DataLoader(
+        graphs[:2] + [build_relation_graph(random_views(5, [4, 3]), k=4)],
+        batch_size=3)))
+    assert complete_block_size(mixed.edge_index, mixed.num_nodes) is None
+    knn = build_relation_graph(random_views(12, [4, 3]), k=3)
+    assert complete_block_size(knn.edge_index, knn.num_nodes) is None
+    loopless = build_relation_graph(random_views(6, [4, 3]), k=5,
+                                    self_loops=False)
+    assert complete_block_size(loopless.edge_index, 6) is None
