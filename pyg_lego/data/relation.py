@@ -1,17 +1,20 @@
 r"""Relationship graphs: several views of the same :math:`N` nodes become one
 PyG :class:`~torch_geometric.data.Data` with a shared sparse edge pattern and
 every view's relation score on every edge (METHOD.md, section 1)."""
+import logging
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges, exact_knn
-from pyg_lego.data.similarity import (check_similarity, edge_similarity,
-                                      resolve_score_map)
+from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
+                                    knn_recall, knn_search)
+from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges
+from pyg_lego.data.similarity import (apply_score_map, check_similarity,
+                                      edge_similarity, resolve_score_map)
 from pyg_lego.data.validation import (check_features, check_finite, check_k,
                                       check_same_device, zero_norm_rows)
 
@@ -40,6 +43,8 @@ class GivenGraph:
 
 
 View = Union[Tensor, GivenGraph]
+
+log = logging.getLogger(__name__)
 
 
 class RelationData(Data):
@@ -170,38 +175,46 @@ def _symmetric_given(g: GivenGraph, num_nodes: int, dtype: torch.dtype):
 def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
                 self_loops: bool = True, num_nodes: Optional[int] = None,
                 memory_budget: int = DEFAULT_BLOCK_BYTES,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, backend: str = 'auto',
+                knn_options: Optional[dict] = None) -> Tensor:
     r"""The shared edge pattern :math:`\mathcal{E}`: the union over views of
     the symmetric kNN edges (a given graph's own edges), plus self-loops.
 
-    :obj:`k >= N - 1` gives the complete graph. Returns a coalesced
+    :obj:`k >= N - 1` gives the complete graph. :obj:`backend` and
+    :obj:`knn_options` choose the kNN search (see
+    :func:`~pyg_lego.data.backends.knn_search`). Returns a coalesced
     :obj:`edge_index` :math:`(2, |\mathcal{E}|)`."""
     k = check_k(k)
+    check_backend(backend)
     num_nodes = _validate(views, num_nodes, similarity, 'error')
     device = check_same_device({n: (v.edge_index if isinstance(v, GivenGraph)
                                     else v) for n, v in views.items()})
     return _pattern(views, k, similarity, self_loops, num_nodes, device,
-                    memory_budget, progress)
+                    memory_budget, progress, backend, knn_options)[0]
 
 
 def _pattern(views, k, similarity, self_loops, num_nodes, device,
-             memory_budget, progress) -> Tensor:
+             memory_budget, progress, backend='exact', knn_options=None
+             ) -> Tuple[Tensor, Dict[str, KNNResult]]:
+    r"""The pattern and each feature view's own kNN search result."""
     has_features = any(not isinstance(v, GivenGraph) for v in views.values())
     if has_features and k >= num_nodes - 1:
-        return complete_edges(num_nodes, self_loops, device)
+        return complete_edges(num_nodes, self_loops, device), {}
     parts: List[Tensor] = []
-    for v in views.values():
+    found: Dict[str, KNNResult] = {}
+    for name, v in views.items():
         if isinstance(v, GivenGraph):
             parts.append(v.edge_index[:, v.edge_index[0] != v.edge_index[1]])
         else:
-            ei = exact_knn(v, k, similarity, memory_budget, progress)
-            parts.append(ei)
+            found[name] = knn_search(v, k, similarity, backend, memory_budget,
+                                     progress, knn_options)
+            parts.append(found[name].edge_index)
     ei = torch.cat(parts, dim=1)
     ei = torch.cat([ei, ei.flip(0)], dim=1)
     if self_loops:
         loop = torch.arange(num_nodes, device=device)
         ei = torch.cat([ei, torch.stack([loop, loop])], dim=1)
-    return coalesce_pattern(ei, num_nodes)
+    return coalesce_pattern(ei, num_nodes), found
 
 
 def relation_scores(views: Mapping[str, View], edge_index: Tensor,
@@ -232,17 +245,48 @@ def _given_scores(g: GivenGraph, edge_index: Tensor, num_nodes: int,
     return torch.where(loop, torch.full_like(score, g.self_loop_weight), score)
 
 
-def _scores(views, edge_index, similarity, score_map, gamma,
-            num_nodes) -> Tensor:
+def _reused_scores(x: Tensor, edge_index: Tensor, num_nodes: int,
+                   known: KNNResult, similarity: str, score_map: str,
+                   gamma: Optional[float]) -> Tensor:
+    r"""Scores of one view on the pattern, taking the raw similarities its
+    own kNN search computed (on its edges in both directions, the similarity
+    being symmetric) and computing only the other edges, in edge chunks."""
+    key = edge_index[0] * num_nodes + edge_index[1]
+    src, dst = known.edge_index
+    pos = torch.searchsorted(key, torch.cat([src * num_nodes + dst,
+                                             dst * num_nodes + src]))
+    raw = x.new_empty(key.numel())
+    have = torch.zeros(key.numel(), dtype=torch.bool, device=key.device)
+    raw[pos] = known.similarity.repeat(2)
+    have[pos] = True
+    rest = (~have).nonzero().view(-1)
+    raw[rest] = edge_similarity(x, edge_index[:, rest], similarity, 'raw',
+                                gamma)
+    return apply_score_map(raw, score_map)
+
+
+def _scores(views, edge_index, similarity, score_map, gamma, num_nodes,
+            found: Optional[Mapping[str, KNNResult]] = None) -> Tensor:
+    r"""Every view's scores on the pattern. A view whose kNN search gave
+    its similarities (:obj:`found`) reuses them unless its features need
+    gradients, which only the edge-wise computation carries."""
     feats = [v for v in views.values() if not isinstance(v, GivenGraph)]
     dtype = reduce(torch.promote_types, [f.dtype for f in feats],
                    feats[0].dtype) if feats else torch.get_default_dtype()
-    cols = [
-        _given_scores(v, edge_index, num_nodes, dtype) if isinstance(
-            v, GivenGraph) else edge_similarity(v.to(dtype), edge_index,
-                                                similarity, score_map, gamma)
-        for v in views.values()
-    ]
+    found = found or {}
+    cols = []
+    for name, v in views.items():
+        if isinstance(v, GivenGraph):
+            cols.append(_given_scores(v, edge_index, num_nodes, dtype))
+            continue
+        known = found.get(name)
+        if known is not None and known.similarity is not None and \
+                known.similarity.dtype == dtype and not v.requires_grad:
+            cols.append(_reused_scores(v.to(dtype), edge_index, num_nodes,
+                                       known, similarity, score_map, gamma))
+        else:
+            cols.append(edge_similarity(v.to(dtype), edge_index, similarity,
+                                        score_map, gamma))
     return torch.stack(cols, dim=-1)
 
 
@@ -252,7 +296,9 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
                          zero_rows: str = 'error',
                          num_nodes: Optional[int] = None,
                          memory_budget: int = DEFAULT_BLOCK_BYTES,
-                         progress: bool = False) -> RelationData:
+                         progress: bool = False, backend: str = 'auto',
+                         knn_options: Optional[dict] = None,
+                         recall_sample: int = 1000) -> RelationData:
     r"""Builds the relationship graph of several views of the same nodes.
 
     Each feature view selects, for every node, its :obj:`k` most similar
@@ -292,6 +338,16 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
             a given graph.
         memory_budget (int, optional): Bytes for one block of kNN scores.
         progress (bool, optional): Progress bar for the kNN search.
+        backend (str, optional): kNN search: :obj:`"exact"`, :obj:`"faiss"`,
+            :obj:`"faiss-hnsw"`, :obj:`"faiss-ivf"`, :obj:`"pynndescent"` or
+            :obj:`"auto"` (exact while cheap, approximate beyond), see
+            :func:`~pyg_lego.data.backends.knn_search`.
+            (default: :obj:`"auto"`)
+        knn_options (dict, optional): Settings of the approximate indexes.
+        recall_sample (int, optional): Nodes on which an approximate search
+            is checked against the exact one; the recall@k of each view goes
+            to :obj:`data.knn_recall`. :obj:`0` skips the check.
+            (default: :obj:`1000`)
 
     Returns:
         :class:`RelationData` with :obj:`x_<view>` node features per feature
@@ -300,6 +356,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         :obj:`num_nodes`, and the :obj:`similarity` and :obj:`score_map` used.
     """
     k = check_k(k)
+    check_backend(backend)
     num_nodes = _validate(views, num_nodes, similarity, zero_rows)
     score_map = resolve_score_map(score_map, similarity)
     n_id = None
@@ -320,10 +377,15 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
             num_nodes = n_id.numel()
     device = check_same_device({n: (v.edge_index if isinstance(v, GivenGraph)
                                     else v) for n, v in views.items()})
-    edge_index = _pattern(views, k, similarity, self_loops, num_nodes, device,
-                          memory_budget, progress)
+    edge_index, found = _pattern(views, k, similarity, self_loops, num_nodes,
+                                 device, memory_budget, progress, backend,
+                                 knn_options)
     edge_attr = _scores(views, edge_index, similarity, score_map, gamma,
-                        num_nodes)
+                        num_nodes, found)
+    recall = {name: knn_recall(res.edge_index, views[name], k,
+                               recall_sample, similarity)
+              for name, res in found.items()
+              if res.backend in APPROXIMATE and recall_sample > 0}
     data = RelationData(edge_index=edge_index, edge_attr=edge_attr,
                         num_nodes=num_nodes)
     for name, v in views.items():
@@ -334,6 +396,9 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     data.score_map = score_map
     if n_id is not None:
         data.n_id = n_id
+    if recall:
+        log.info('kNN recall@%d: %s', k, recall)
+        data.knn_recall = recall
     return data
 
 

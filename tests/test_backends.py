@@ -1,0 +1,174 @@
+import pytest
+import torch
+
+from pyg_lego import build_relation_graph
+from pyg_lego.data import backends
+from pyg_lego.data.backends import choose_backend, knn_recall, knn_search
+from pyg_lego.data.knn import exact_knn
+from pyg_lego.data.relation import relation_scores
+
+from .conftest import random_views, requires_cuda
+
+
+def clustered(n, d, centers=20, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(centers, d, generator=gen) * 3
+    label = torch.randint(centers, (n,), generator=gen)
+    return c[label] + torch.randn(n, d, generator=gen)
+
+
+def sorted_pairs(edge_index, n):
+    return torch.sort(edge_index[0] * n + edge_index[1]).values
+
+
+@pytest.mark.parametrize('similarity', ['cosine', 'dot', 'rbf'])
+def test_faiss_flat_equals_exact(similarity):
+    pytest.importorskip('faiss')
+    x = clustered(300, 16)
+    exact = knn_search(x, 5, similarity, backend='exact')
+    flat = knn_search(x, 5, similarity, backend='faiss')
+    assert flat.backend == 'faiss' and exact.backend == 'exact'
+    assert torch.equal(sorted_pairs(flat.edge_index, 300),
+                       sorted_pairs(exact.edge_index, 300))
+    if similarity == 'rbf':
+        assert flat.similarity is None and exact.similarity is None
+    else:
+        # Both searches hand on the raw similarity of their edges.
+        assert torch.allclose(flat.similarity, exact.similarity, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', [
+    'faiss-hnsw', 'faiss-ivf',
+    # numba compiles pynndescent on first use (about 45 s here)
+    pytest.param('pynndescent', marks=pytest.mark.slow)])
+def test_approximate_backends_have_high_recall(backend):
+    pytest.importorskip(backend.split('-')[0])
+    x = clustered(2000, 16)
+    res = knn_search(x, 8, backend=backend)
+    assert res.backend == backend
+    row, col = res.edge_index
+    assert bool((row != col).all())
+    assert bool((row[1:] >= row[:-1]).all())
+    assert torch.bincount(row, minlength=2000).max() <= 8
+    assert knn_recall(res.edge_index, x, 8, sample=300) >= 0.9
+
+
+def test_recall_counts_the_exact_neighbours_found():
+    x = clustered(200, 8)
+    ei = exact_knn(x, 4)
+    assert knn_recall(ei, x, 4, sample=200) == 1.0
+    # Keep only the 2 nearest of every node: recall@4 is 1/2 (no ties in
+    # random data).
+    two = ei.view(2, 200, 4)[:, :, :2].reshape(2, -1)
+    assert knn_recall(two, x, 4, sample=200) == pytest.approx(0.5)
+    shifted = torch.stack([ei[0], (ei[1] + 1) % 200])
+    assert knn_recall(shifted, x, 4, sample=200) < 0.5
+    with pytest.raises(ValueError, match='sample'):
+        knn_recall(ei, x, 4, sample=0)
+
+
+def test_auto_choice_by_size(monkeypatch):
+    cpu = torch.device('cpu')
+    assert choose_backend(1000, 64, cpu) == 'exact'
+    monkeypatch.setattr(backends, '_has', lambda m: m == 'faiss')
+    assert choose_backend(10**6, 128, cpu) == 'faiss-hnsw'
+    monkeypatch.setattr(backends, '_has', lambda m: m == 'pynndescent')
+    assert choose_backend(10**6, 128, cpu) == 'pynndescent'
+    assert choose_backend(10**6, 128, cpu, 'dot') == 'exact'
+    monkeypatch.setattr(backends, '_has', lambda m: False)
+    assert choose_backend(10**6, 128, cpu) == 'exact'
+    # The threshold is the N^2 d cost: the same N is exact on a GPU.
+    n = int((backends.AUTO_EXACT_CPU / 128)**0.5) + 1000
+    monkeypatch.setattr(backends, '_has', lambda m: True)
+    assert choose_backend(n, 128, cpu) == 'faiss-hnsw'
+    assert choose_backend(n, 128, torch.device('cuda')) == 'exact'
+
+
+def test_auto_runs_exact_on_small_input():
+    x = clustered(100, 8)
+    res = knn_search(x, 3)
+    assert res.backend == 'exact'
+    assert torch.equal(res.edge_index, exact_knn(x, 3))
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name.startswith('faiss'):
+            raise ImportError('no faiss')
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, '__import__', fake)
+    with pytest.raises(ImportError, match=r"pyg-lego\[faiss\]"):
+        knn_search(clustered(50, 4), 3, backend='faiss')
+
+
+def test_bad_backend_and_k():
+    x = clustered(20, 4)
+    with pytest.raises(ValueError, match='backend'):
+        knn_search(x, 3, backend='annoy')
+    with pytest.raises(ValueError, match='backend'):
+        build_relation_graph({'a': x}, k=3, backend='annoy')
+    with pytest.raises(ValueError, match='k=20'):
+        knn_search(x, 20)
+
+
+def test_pynndescent_rejects_dot():
+    pytest.importorskip('pynndescent')
+    with pytest.raises(ValueError, match="'dot'"):
+        knn_search(clustered(50, 4), 3, 'dot', backend='pynndescent')
+
+
+@pytest.mark.parametrize('similarity', ['cosine', 'dot', 'rbf'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_score_reuse_equals_recomputation(similarity, dtype):
+    views = random_views(120, [6, 10, 3], dtype=dtype)
+    data = build_relation_graph(views, k=5, similarity=similarity,
+                                backend='exact')
+    again = relation_scores(views, data.edge_index, similarity)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(data.edge_attr, again, atol=tol, rtol=0)
+
+
+def test_score_reuse_from_faiss_equals_recomputation():
+    pytest.importorskip('faiss')
+    views = {'a': clustered(400, 12), 'b': clustered(400, 7, seed=1)}
+    data = build_relation_graph(views, k=6, backend='faiss-hnsw')
+    again = relation_scores(views, data.edge_index)
+    assert torch.allclose(data.edge_attr, again, atol=1e-5, rtol=0)
+    assert set(data.knn_recall) == {'a', 'b'}
+    assert all(r >= 0.9 for r in data.knn_recall.values())
+
+
+def test_scores_stay_differentiable():
+    views = random_views(60, [5, 4], dtype=torch.float64)
+    views['v0'].requires_grad_(True)
+    data = build_relation_graph(views, k=4, backend='exact')
+    assert data.edge_attr.requires_grad
+    data.edge_attr[:, 0].sum().backward()
+    plain = {n: v.detach().clone().requires_grad_(n == 'v0')
+             for n, v in views.items()}
+    relation_scores(plain, data.edge_index)[:, 0].sum().backward()
+    assert torch.allclose(views['v0'].grad, plain['v0'].grad)
+
+
+def test_exact_backend_reports_no_recall():
+    data = build_relation_graph(random_views(50, [4]), k=3, backend='exact')
+    assert 'knn_recall' not in data
+
+
+@requires_cuda
+def test_backends_on_cuda():
+    x = clustered(500, 16).cuda()
+    res = knn_search(x, 5, backend='exact')
+    assert res.edge_index.is_cuda
+    cpu = knn_search(x.cpu(), 5, backend='exact')
+    assert torch.equal(sorted_pairs(res.edge_index.cpu(), 500),
+                       sorted_pairs(cpu.edge_index, 500))
+    if pytest.importorskip('faiss'):
+        flat = knn_search(x, 5, backend='faiss')
+        assert flat.edge_index.is_cuda
+        assert torch.equal(sorted_pairs(flat.edge_index.cpu(), 500),
+                           sorted_pairs(cpu.edge_index, 500))
