@@ -211,12 +211,32 @@ def test_crop_choices(ucf):
         load_videos(ucf['root'], ucf['list'], crops='max')
 
 
-def test_crop_axis_one(tmp_path):
+def test_rtfm_layout_crop_axis_and_suffix(tmp_path):
+    # RTFM's UCF-Crime files: <video>_i3d.npy holding [T, crops, D].
     x = np.random.default_rng(1).random((7, 10, 3), dtype=np.float32)
-    _save(tmp_path / 'f' / 'rgb' / 'Normal_1.npy', x)  # RTFM: [T, crops, D]
-    (v,) = load_videos(tmp_path / 'f', crop_axis=1)
+    _save(tmp_path / 'f' / 'rgb' / 'Abuse002_x264_i3d.npy', x)
+    lst = tmp_path / 'ucf-i3d-test.list'
+    lst.write_text('/data/UCF_Test_ten_crop_i3d/Abuse002_x264_i3d.npy\n')
+    ann = tmp_path / 'ann.txt'
+    ann.write_text('Abuse002_x264.mp4  Abuse  20  30  -1  -1\n')
+    (v,) = load_videos(tmp_path / 'f', lst, ground_truth=ann, crop_axis=1,
+                       name_suffix='_i3d')
+    assert v.name == 'Abuse002_x264' and v.label == 1
     np.testing.assert_allclose(v.views['rgb'], x.mean(1), rtol=1e-6)
-    assert v.label == 0 and v.frame_labels is None
+    assert v.frame_labels.sum() == 10 and v.num_frames == 7 * 16
+    (plain,) = load_videos(tmp_path / 'f', crop_axis=1, name_suffix='_i3d')
+    assert plain.frame_labels is None
+
+
+def test_single_underscore_crop_files(tmp_path):
+    x = np.random.default_rng(3).random((5, 4, 2), dtype=np.float32)
+    for c in range(5):
+        _save(tmp_path / 'f' / 'rgb' / f'Normal_2_{c}.npy', x[c])
+    lst = tmp_path / 'l.list'
+    lst.write_text('Normal_2_3.npy\nNormal_2_0.npy\n')
+    (v,) = load_videos(tmp_path / 'f', lst, crop_sep='_')
+    assert v.name == 'Normal_2'
+    np.testing.assert_allclose(v.views['rgb'], x.mean(0), rtol=1e-6)
 
 
 XD_RGB = {'v=abc__#1_label_B1-0-0': 8, 'v=def_label_A': 5}
@@ -306,7 +326,7 @@ def test_read_annotations_and_names(tmp_path):
     assert label_from_name('01_0014') is None
 
 
-# --- bad files: each error names the file -------------------------------------
+# --- bad files: each error names the file ----------------------------------
 
 
 def _expect(match, fn, *args, **kwargs):

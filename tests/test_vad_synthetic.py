@@ -98,6 +98,26 @@ def test_each_type_seen_by_some_views_only():
         assert min(vis[k][view] for k in DEFAULT_ANOMALIES) < 0.58
 
 
+def test_signature_variants():
+    # One variant: every 'object' anomaly adds the same rgb direction.
+    views = {'rgb': (16, 0.0)}
+    kw = dict(num_train=0, num_test=16, views=views, drift=0.0,
+              num_scenes=1, cut_prob=0.0, anomalies={'object': {'rgb': 1.0}})
+
+    def directions(videos):
+        out = []
+        for v in videos:
+            if v.label:
+                mask = v.frame_labels[::16].astype(bool)
+                x = v.views['rgb']
+                d = x[mask].mean(0) - x[~mask].mean(0)
+                out.append(np.round(d / np.linalg.norm(d), 4))
+        return {tuple(d) for d in out}
+
+    assert len(directions(make_synthetic(signature_variants=1, **kw)[1])) == 1
+    assert len(directions(make_synthetic(signature_variants=50, **kw)[1])) > 3
+
+
 def test_custom_views_and_anomalies():
     views = {'a': (8, 0.1), 'b': (4, 0.1)}
     train, test = make_synthetic(num_train=6, num_test=4, views=views,
@@ -115,6 +135,7 @@ def test_custom_views_and_anomalies():
     (dict(anomaly_length=(0.0, 0.5)), "anomaly_length"),
     (dict(anomaly_ratio=1.0), "anomaly_ratio"),
     (dict(num_train=0, num_test=0), "need some videos"),
+    (dict(signature_variants=0), "signature_variants"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

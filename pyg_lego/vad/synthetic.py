@@ -65,16 +65,17 @@ def _check(views, anomalies, length_range, anomaly_length, num_train,
 
 class _World:
     r"""The scenes and anomaly signatures that all videos share."""
-    def __init__(self, rng, views, anomalies, num_scenes):
+    def __init__(self, rng, views, anomalies, num_scenes, variants):
         self.views = views
         self.scenes = {v: _unit_rows(rng, num_scenes, d)
                        for v, (d, _) in views.items()}
         # Each anomaly type has a few variants so that no single direction
         # identifies it.
         self.signatures = {
-            kind: {v: _unit_rows(rng, 3, views[v][0]) for v in seen}
+            kind: {v: _unit_rows(rng, variants, views[v][0]) for v in seen}
             for kind, seen in anomalies.items()
         }
+        self.variants = variants
         self.anomalies = anomalies
         self.num_scenes = num_scenes
 
@@ -104,7 +105,7 @@ class _World:
             x = self.scenes[v][scene] + jitter + slow
             amp = self.anomalies.get(kind, {}).get(v, 0.0)
             if amp > 0:
-                sig = self.signatures[kind][v][rng.integers(3)]
+                sig = self.signatures[kind][v][rng.integers(self.variants)]
                 x[mask] += amp * sig
             x += noise * rng.standard_normal((T_full, d))
             feats[v] = x.astype(np.float32)
@@ -117,12 +118,13 @@ class _World:
 def make_synthetic(num_train: int = 200, num_test: int = 100,
                    views: Optional[Mapping[str, Tuple[int, float]]] = None,
                    seed: int = 0,
-                   anomalies: Optional[Mapping[str, Mapping[str, float]]] = None,
+                   anomalies: Optional[Mapping[str, Mapping[str,
+                                                            float]]] = None,
                    anomaly_ratio: float = 0.5,
                    length_range: Tuple[int, int] = (40, 240),
                    anomaly_length: Tuple[float, float] = (0.05, 0.35),
                    num_scenes: int = 4, cut_prob: float = 0.3,
-                   drift: float = 0.3,
+                   drift: float = 0.3, signature_variants: int = 3,
                    train_frame_labels: bool = False
                    ) -> Tuple[List[Video], List[Video]]:
     r"""A seeded multi-view video anomaly benchmark with the structure that
@@ -140,8 +142,9 @@ def make_synthetic(num_train: int = 200, num_test: int = 100,
     :math:`\sqrt{d_m}`), :math:`\mathbf{j}` a per-video jitter (camera),
     :math:`\mathbf{w}(t)` a slow drift (three random sinusoids of
     0.5 to 2 cycles per video), :math:`\mathcal{A}` the anomalous snippets,
-    :math:`\mathbf{u}_\kappa` one of three signatures of anomaly type
-    :math:`\kappa` in that view, and Gaussian noise :math:`\sigma_m`.
+    :math:`\mathbf{u}_\kappa` one of the signatures of anomaly type
+    :math:`\kappa` in that view (:obj:`signature_variants` of them), and
+    Gaussian noise :math:`\sigma_m`.
 
     What each view sees with the defaults:
 
@@ -190,6 +193,10 @@ def make_synthetic(num_train: int = 200, num_test: int = 100,
             (default: :obj:`0.3`)
         drift (float, optional): Amplitude of the slow drift.
             (default: :obj:`0.3`)
+        signature_variants (int, optional): Signatures per anomaly type and
+            view; many variants make each anomaly novel, so that only its
+            deviation from the rest of its video, not its direction, can be
+            learned. (default: :obj:`3`)
         train_frame_labels (bool, optional): Also give training videos frame
             labels (for analysis; weak supervision does not use them).
             (default: :obj:`False`)
@@ -203,9 +210,12 @@ def make_synthetic(num_train: int = 200, num_test: int = 100,
                   else anomalies).items()}
     _check(views, anomalies, length_range, anomaly_length, num_train,
            num_test, anomaly_ratio, num_scenes)
+    if signature_variants < 1:
+        raise ValueError(f"signature_variants must be >= 1, got "
+                         f"{signature_variants}")
     world_seq, train_seq, test_seq = np.random.SeedSequence(seed).spawn(3)
     world = _World(np.random.default_rng(world_seq), views, anomalies,
-                   num_scenes)
+                   num_scenes, signature_variants)
     types = list(anomalies)
 
     def split(seq, num, name, with_frames):
@@ -244,8 +254,8 @@ def view_visibility(videos: Sequence[Video],
     r"""How well each view alone separates each anomaly type: per category
     and view, the ROC AUC of :func:`snippet_deviation` between the anomalous
     and the normal snippets of one anomalous video, averaged over that
-    category's videos (0.5: the view does not see it). Needs :obj:`frame_labels` and
-    :obj:`Video.category`.
+    category's videos (0.5: the view does not see it). Needs
+    :obj:`frame_labels` and :obj:`Video.category`.
 
     Returns:
         :obj:`{category: {view: auc}}`.

@@ -76,8 +76,9 @@ class Video:
 
     def __repr__(self) -> str:
         views = ', '.join(f'{k}={v.shape[1]}' for k, v in self.views.items())
-        return (f'{self.__class__.__name__}({self.name!r}, label={self.label}, '
-                f'snippets={self.num_snippets}, views=({views}))')
+        return (f'{self.__class__.__name__}({self.name!r}, '
+                f'label={self.label}, snippets={self.num_snippets}, '
+                f'views=({views}))')
 
 
 def _check_lengths(T_full: int, T: int) -> None:
