@@ -513,8 +513,12 @@ class FeatureFolder:
         Labels come, in this order, from the list file's second column
         (:obj:`<video or path> 0|1`), :obj:`labels`, the ground truth (an
         annotated interval or a 1 frame means anomalous; UCF-Crime's class
-        :obj:`Normal` means normal), and the names
-        (:func:`label_from_name`); sources that disagree are an error.
+        :obj:`Normal`, or absence from an annotation text file, means
+        normal), and the names (:func:`label_from_name`); sources that
+        disagree are an error, and so is an anomalous video that an
+        annotation text file leaves out. Read train and test sets with one
+        :class:`FeatureFolder` so that their widths are checked against
+        each other.
 
         Args:
             list_file (str, optional): One video per line, as a name or a
