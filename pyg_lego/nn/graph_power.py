@@ -9,9 +9,12 @@ from pyg_lego.data.similarity import (check_similarity, default_gamma,
                                       resolve_score_map)
 from pyg_lego.data.validation import check_order
 from pyg_lego.nn.norm import relation_norm
-from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, two_hop_paths
+from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
 
 MODES = ('elementwise', 'masked', 'propagated')
+
+#: Default bytes the masked power may hold for its stored two-step paths.
+DEFAULT_PATH_BUDGET = 2 * 2**30
 
 
 class GraphPowerConv(MessagePassing):
@@ -72,6 +75,14 @@ class GraphPowerConv(MessagePassing):
             one fixed graph. (default: :obj:`False`)
         chunk_size (int, optional): Candidate paths examined at once when the
             path index is built.
+        memory_budget (int, optional): Bytes the masked power may spend on
+            its two-step paths: the stored path index and what autograd
+            saves per path. A pattern with more paths than fit is streamed
+            instead: the paths are enumerated again, chunk by chunk, for
+            every order of the forward and of the backward pass (a custom
+            autograd function), so memory stays :math:`O(|\mathcal{E}| M P)`
+            at the cost of recomputing the paths. :obj:`None` always stores
+            them. (default: 2 GiB)
         dense_blocks (bool, optional): If :obj:`True`, a pattern that is a
             union of complete graphs of equal size (e.g. a mini-batch of
             videos of :math:`T` snippets) takes the masked power as batched
@@ -96,6 +107,7 @@ class GraphPowerConv(MessagePassing):
                  similarity: str = 'cosine', score_map: str = 'auto',
                  gamma: Optional[float] = None, cached: bool = False,
                  chunk_size: int = DEFAULT_PATH_CHUNK,
+                 memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
                  dense_blocks: bool = True, **kwargs):
         kwargs.setdefault('aggr', 'add')
         super().__init__(**kwargs)
@@ -111,6 +123,10 @@ class GraphPowerConv(MessagePassing):
         self.gamma = gamma
         self.cached = cached
         self.chunk_size = chunk_size
+        if memory_budget is not None and memory_budget < 0:
+            raise ValueError(f"memory_budget must be >= 0 bytes or None, got "
+                             f"{memory_budget}")
+        self.memory_budget = memory_budget
         self.dense_blocks = dense_blocks
         self._cached_paths = None
 
@@ -221,15 +237,33 @@ class GraphPowerConv(MessagePassing):
         return torch.stack(orders, dim=-1)
 
     def _paths(self, edge_index: Tensor, num_nodes: int,
-               path_index: Optional[Tensor]) -> Tensor:
+               path_index: Optional[Tensor], a: Tensor) -> Optional[Tensor]:
+        r"""The stored path index, or :obj:`None` if it would not fit the
+        memory budget."""
         if path_index is not None:
             return path_index
         if self.cached and self._cached_paths is not None:
             return self._cached_paths
-        paths = two_hop_paths(edge_index, num_nodes, self.chunk_size)
+        max_paths = None
+        if self.memory_budget is not None:
+            # The index (3 ids), the gathered A, and one saved message per
+            # order above 1.
+            per_path = 3 * 8 + a.element_size() * a.size(1) * self.P
+            max_paths = self.memory_budget // per_path
+        paths = two_hop_paths(edge_index, num_nodes, self.chunk_size,
+                              max_paths)
         if self.cached:
             self._cached_paths = paths
         return paths
+
+    def _stream_plan(self, edge_index: Tensor, num_nodes: int,
+                     a: Tensor) -> PathPlan:
+        chunk = self.chunk_size
+        if self.memory_budget is not None:
+            # About 8 id tensors per candidate and 3 gathered rows per path.
+            per_candidate = 8 * 8 + 3 * a.element_size() * a.size(1)
+            chunk = max(1024, min(chunk, self.memory_budget // per_candidate))
+        return PathPlan(edge_index, num_nodes, chunk, compact=not a.is_cuda)
 
     def _masked(self, edge_index: Tensor, edge_attr: Tensor, num_nodes: int,
                 path_index: Optional[Tensor]) -> Tensor:
@@ -246,8 +280,12 @@ class GraphPowerConv(MessagePassing):
             for _ in range(2, self.P + 1):
                 power = power @ dense_a
                 orders.append(power.permute(0, 2, 3, 1).reshape_as(a))
+        elif self.P >= 2 and (paths := self._paths(
+                edge_index, num_nodes, path_index, a)) is None:
+            plan = self._stream_plan(edge_index, num_nodes, a)
+            orders.extend(StreamedMaskedPower.apply(a, plan, self.P)
+                          .unbind(-1))
         elif self.P >= 2:
-            paths = self._paths(edge_index, num_nodes, path_index)
             a_second = a.index_select(0, paths[1])
             first_out = paths[[0, 2]]
             size = (edge_attr.size(0), edge_attr.size(0))
@@ -302,6 +340,61 @@ def complete_block_size(edge_index: Tensor, num_nodes: int) -> Optional[int]:
     if torch.equal(edge_index[0], row) and torch.equal(edge_index[1], col):
         return block
     return None
+
+
+class StreamedMaskedPower(torch.autograd.Function):
+    r"""Orders :math:`2..P` of the masked power of :math:`\mathbf{A}`
+    (:math:`(|\mathcal{E}|, M)`, all views at once) without a stored path
+    index: every pass enumerates the paths of a :class:`PathPlan` chunk by
+    chunk.
+
+    With :math:`\mathbf{G}^{(p)}` the gradient reaching order :math:`p`, the
+    backward pass runs the orders downwards, one pass each:
+
+    .. math::
+        \mathbf{G}^{(p-1)}_{il} \mathrel{+}= \sum_{j} \mathbf{G}^{(p)}_{ij}
+        \mathbf{A}_{lj}, \qquad
+        \nabla \mathbf{A}_{lj} \mathrel{+}= \sum_{i} \mathbf{G}^{(p)}_{ij}
+        \mathbf{R}^{(p-1)}_{il}
+
+    over the paths :math:`i \to l \to j`; order :math:`1` is
+    :math:`\mathbf{A}` itself. Only the orders are saved, never per-path
+    tensors. Returns :math:`(|\mathcal{E}|, M, P - 1)`.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, plan: PathPlan, P: int) -> Tensor:
+        orders = [a]
+        for _ in range(2, P + 1):
+            out = torch.zeros_like(a)
+            for first, second, closing, hit in plan:
+                msg = orders[-1][first] * a[second]
+                if hit is not None:
+                    msg = msg * hit.unsqueeze(-1)
+                out.index_add_(0, closing, msg)
+            orders.append(out)
+        ctx.plan = plan
+        ctx.save_for_backward(*orders[:-1])
+        return torch.stack(orders[1:], dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        orders = ctx.saved_tensors  # orders 1 .. P-1
+        a = orders[0]
+        grad_a = torch.zeros_like(a)
+        carry = None
+        for p in range(grad.size(-1) + 1, 1, -1):
+            g = grad[..., p - 2] if carry is None else grad[..., p - 2] + carry
+            prev = orders[p - 2]
+            carry = torch.zeros_like(a)
+            for first, second, closing, hit in ctx.plan:
+                g_path = g[closing]
+                if hit is not None:
+                    g_path = g_path * hit.unsqueeze(-1)
+                carry.index_add_(0, first, g_path * a[second])
+                grad_a.index_add_(0, second, g_path * prev[first])
+        return grad_a + carry, None, None
 
 
 def _coalesce(edge_index: Tensor, edge_attr: Tensor, num_nodes: int):

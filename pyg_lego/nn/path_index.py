@@ -1,5 +1,5 @@
 r"""The two-step-path index of the masked matrix power."""
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -15,8 +15,76 @@ def csr_rowptr(row: Tensor, num_nodes: int) -> Tensor:
     return rowptr
 
 
+class PathPlan:
+    r"""How the two-step paths of a coalesced pattern are enumerated in
+    chunks of at most :obj:`chunk_size` candidates (plus one row's worth).
+
+    Candidates are the walks :math:`i \to l \to j`; a walk is a path when
+    the pattern holds :math:`(i, j)`. The plan is made once (one
+    device-to-host copy of the chunk bounds); iterating it yields, per chunk,
+    the edge ids ``(first, second, closing)`` of ``(i, l)``, ``(l, j)`` and
+    ``(i, j)`` and a hit mask. With :obj:`compact=True` the chunks hold only
+    the paths (mask :obj:`None`); with :obj:`compact=False` they hold every
+    candidate, ``closing`` clamped to a valid id and the mask marking the
+    paths, so that a GPU loop over them never waits for the host.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int,
+                 chunk_size: int = DEFAULT_PATH_CHUNK, compact: bool = True):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.row, self.col = edge_index[0], edge_index[1]
+        self.num_nodes = num_nodes
+        self.compact = compact
+        num_edges = self.row.numel()
+        device = self.row.device
+        self.key = self.row * num_nodes + self.col
+        self.rowptr = csr_rowptr(self.row, num_nodes)
+        deg = self.rowptr[1:] - self.rowptr[:-1]
+        # Candidate count of each first edge (i, l) is the out-degree of l.
+        self.count = deg[self.col]
+        ends = torch.cumsum(self.count, 0)
+        total = int(ends[-1]) if num_edges > 0 else 0
+        # Cut the first edges into runs of at most chunk_size candidates (a
+        # run holds at least one edge, so a single huge row may exceed it).
+        cuts = torch.searchsorted(
+            ends, torch.arange(chunk_size, max(chunk_size, total), chunk_size,
+                               device=device), right=True)
+        cuts = torch.unique(torch.cat([cuts.new_tensor([0, num_edges]),
+                                       cuts]))
+        before = torch.cat([ends.new_zeros(1), ends])
+        sizes = before[cuts[1:]] - before[cuts[:-1]]
+        bounds = zip(cuts[:-1].tolist(), cuts[1:].tolist(), sizes.tolist())
+        self.chunks = [(a, b, n) for a, b, n in bounds if n > 0]
+        #: Number of candidate walks (the work of one pass).
+        self.num_candidates = total
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor, Tensor,
+                                         Optional[Tensor]]]:
+        device, num_edges = self.row.device, self.row.numel()
+        for start, stop, size in self.chunks:
+            cnt = self.count[start:stop]
+            e1 = torch.arange(start, stop, device=device).repeat_interleave(
+                cnt, output_size=size)
+            first = torch.cumsum(cnt, 0) - cnt
+            offset = torch.arange(size, device=device) - \
+                first.repeat_interleave(cnt, output_size=size)
+            e2 = self.rowptr[self.col[e1]] + offset
+            want = self.row[e1] * self.num_nodes + self.col[e2]
+            pos = torch.searchsorted(self.key, want).clamp_max(num_edges - 1)
+            hit = self.key[pos] == want
+            if self.compact:
+                yield e1[hit], e2[hit], pos[hit], None
+            else:
+                yield e1, e2, pos, hit
+
+
 def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
-                  chunk_size: int = DEFAULT_PATH_CHUNK) -> Tensor:
+                  chunk_size: int = DEFAULT_PATH_CHUNK,
+                  max_paths: Optional[int] = None) -> Optional[Tensor]:
     r"""All two-step paths :math:`i \to l \to j` that are closed by an edge
     :math:`(i, j)` of the pattern, as edge ids.
 
@@ -30,41 +98,22 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
         \mathbf{R}^{(p-1)}_{il} \mathbf{A}_{lj}
 
     Candidates are enumerated in chunks of at most :obj:`chunk_size` (plus
-    one row's worth), so the work space is bounded whatever the degrees are;
-    the result itself is :math:`O(|\mathcal{P}|)`.
+    one row's worth, see :class:`PathPlan`), so the work space is bounded
+    whatever the degrees are; the result itself is
+    :math:`O(|\mathcal{P}|)`. If :obj:`max_paths` is given and there are
+    more paths, the enumeration stops early and returns :obj:`None` (the
+    caller then streams the paths instead of storing them).
     """
-    row, col = edge_index[0], edge_index[1]
-    num_edges = row.numel()
+    num_edges = edge_index.size(1)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if num_edges > 0 else 0
-    device = row.device
-    empty = torch.empty(3, 0, dtype=torch.long, device=device)
+    empty = torch.empty(3, 0, dtype=torch.long, device=edge_index.device)
     if num_edges == 0:
         return empty
-    key = row * num_nodes + col
-    rowptr = csr_rowptr(row, num_nodes)
-    deg = rowptr[1:] - rowptr[:-1]
-    # Candidate count of each first edge (i, l) is the out-degree of l.
-    count = deg[col]
-    ends = torch.cumsum(count, 0)
-    # Cut the first edges into runs of at most chunk_size candidates (a run
-    # holds at least one edge, so a single huge row may exceed it).
-    cuts = torch.searchsorted(
-        ends, torch.arange(chunk_size, max(chunk_size, int(ends[-1])),
-                           chunk_size, device=device), right=True)
-    cuts = torch.unique(torch.cat([cuts.new_tensor([0, num_edges]), cuts]))
-    parts = []
-    for start, stop in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
-        cnt = count[start:stop]
-        e1 = torch.arange(start, stop, device=device).repeat_interleave(cnt)
-        if e1.numel() == 0:
-            continue
-        first = torch.cumsum(cnt, 0) - cnt
-        offset = torch.arange(e1.numel(), device=device) - \
-            first.repeat_interleave(cnt)
-        e2 = rowptr[col[e1]] + offset
-        want = row[e1] * num_nodes + col[e2]
-        pos = torch.searchsorted(key, want).clamp_max(num_edges - 1)
-        hit = key[pos] == want
-        parts.append(torch.stack([e1[hit], e2[hit], pos[hit]]))
+    parts, total = [], 0
+    for e1, e2, pos, _ in PathPlan(edge_index, num_nodes, chunk_size):
+        total += e1.numel()
+        if max_paths is not None and total > max_paths:
+            return None
+        parts.append(torch.stack([e1, e2, pos]))
     return torch.cat(parts, dim=1) if parts else empty

@@ -1,0 +1,162 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pyg_lego import LEGO, build_relation_graph, dense
+from pyg_lego.nn import GraphPowerConv, two_hop_paths
+from pyg_lego.nn.path_index import PathPlan
+
+from .conftest import dense_at, random_views, requires_cuda
+
+
+def graph(n=150, widths=(6, 4, 5), k=6, dtype=torch.float64, seed=0):
+    views = random_views(n, list(widths), dtype=dtype, seed=seed)
+    return views, build_relation_graph(views, k=k, backend='exact')
+
+
+def expand(data, P, budget, grad=True, chunk_size=1 << 22):
+    attr = data.edge_attr.detach().clone().requires_grad_(grad)
+    conv = GraphPowerConv(P, mode='masked', memory_budget=budget,
+                          chunk_size=chunk_size)
+    return attr, conv(data.edge_index, attr, num_nodes=data.num_nodes)
+
+
+@pytest.mark.parametrize('P', [2, 3, 4])
+def test_streamed_equals_stored_values_and_gradients(P):
+    _, data = graph()
+    weight = torch.randn(data.num_edges, 3, P + 1, dtype=torch.float64)
+    stored_attr, stored = expand(data, P, budget=None)
+    # A budget of 0 bytes stores nothing; tiny chunks give many passes.
+    streamed_attr, streamed = expand(data, P, budget=0, chunk_size=2000)
+    assert stored.shape == streamed.shape == (data.num_edges, 3, P + 1)
+    assert torch.allclose(stored, streamed, atol=1e-12)
+    (stored * weight).sum().backward()
+    (streamed * weight).sum().backward()
+    assert torch.allclose(stored_attr.grad, streamed_attr.grad, atol=1e-12)
+
+
+def test_streamed_matches_dense_oracle():
+    views, data = graph(n=40, k=5)
+    _, streamed = expand(data, 3, budget=0, grad=False)
+    mask, r = dense.relation_graph(views, k=5)
+    expected = dense_at(dense.graph_powers(r, mask, 3, 'masked'),
+                        data.edge_index)
+    assert torch.allclose(streamed, expected, atol=1e-10)
+
+
+def test_streamed_gradcheck():
+    _, data = graph(n=10, widths=(3, 2), k=2)
+    attr = data.edge_attr.detach().clone().requires_grad_(True)
+    conv = GraphPowerConv(3, mode='masked', memory_budget=0)
+    assert torch.autograd.gradcheck(
+        lambda e: conv(data.edge_index, e, num_nodes=data.num_nodes), (attr,),
+        fast_mode=True)
+
+
+def test_budget_decides_between_storing_and_streaming():
+    _, data = graph()
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
+    assert two_hop_paths(data.edge_index, data.num_nodes,
+                         max_paths=paths.size(1)).size(1) == paths.size(1)
+    assert two_hop_paths(data.edge_index, data.num_nodes,
+                         max_paths=paths.size(1) - 1) is None
+    per_path = 24 + 8 * 3 * 3  # ids + float64 x 3 views x P=3
+    conv = GraphPowerConv(3, memory_budget=per_path * paths.size(1),
+                          cached=True)
+    conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+    assert conv._cached_paths is not None
+    conv = GraphPowerConv(3, memory_budget=per_path * paths.size(1) - 1,
+                          cached=True)
+    conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+    assert conv._cached_paths is None
+    with pytest.raises(ValueError, match='memory_budget'):
+        GraphPowerConv(3, memory_budget=-1)
+
+
+@pytest.mark.parametrize('compact', [True, False])
+def test_path_plan_chunks_cover_every_path_once(compact):
+    _, data = graph()
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
+    plan = PathPlan(data.edge_index, data.num_nodes, chunk_size=500,
+                    compact=compact)
+    assert len(plan) > 1
+    parts = []
+    for first, second, closing, hit in plan:
+        assert (hit is None) == compact
+        if hit is not None:
+            first, second, closing = first[hit], second[hit], closing[hit]
+        parts.append(torch.stack([first, second, closing]))
+    assert torch.equal(torch.cat(parts, 1), paths)
+    with pytest.raises(ValueError, match='chunk_size'):
+        PathPlan(data.edge_index, data.num_nodes, chunk_size=0)
+
+
+def test_lego_streams_when_over_budget():
+    _, data = graph(n=80, widths=(4, 3), k=4)
+    model = LEGO(data.view_names, P=3, mode='masked')
+    stored = model.fuse(data)
+    model.expansion.memory_budget = 0
+    assert torch.allclose(model.fuse(data), stored, atol=1e-12)
+
+
+LARGE = textwrap.dedent('''
+    import json, resource, time, torch
+    from pyg_lego import LEGO, build_relation_graph
+    torch.manual_seed(0)
+    n = 200_000
+    c = torch.randn(64, 8) * 3
+    views = {f'v{m}': c[torch.randint(64, (n,))] + torch.randn(n, 8)
+             for m in range(2)}
+    t = time.perf_counter()
+    data = build_relation_graph(views, k=3, backend=BACKEND,
+                                recall_sample=200)
+    out = {'edges': data.num_edges, 'build_s': time.perf_counter() - t}
+    for mode in ('elementwise', 'masked', 'propagated'):
+        model = LEGO(data.view_names, P=2, mode=mode)
+        model.expansion.memory_budget = 64 * 2**20
+        t = time.perf_counter()
+        fused = model.fuse(data)
+        fused.sum().backward()
+        out[mode] = {'s': time.perf_counter() - t,
+                     'finite': bool(torch.isfinite(fused).all()),
+                     'grad': model.fusion.weight.grad is not None}
+    out['peak_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+''')
+
+
+def test_two_hundred_thousand_nodes_within_memory():
+    r"""N x N float32 would be 160 GB; the run must stay far below."""
+    backend = 'faiss-hnsw' if _has('faiss') else 'exact'
+    res = subprocess.run([sys.executable, '-c',
+                          LARGE.replace('BACKEND', repr(backend))],
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out['edges'] > 200_000
+    for mode in ('elementwise', 'masked', 'propagated'):
+        assert out[mode]['finite'] and out[mode]['grad']
+    assert out['peak_bytes'] < 4 * 2**30
+
+
+def _has(module):
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+@requires_cuda
+def test_streamed_on_cuda_equals_cpu():
+    _, data = graph(n=100, widths=(4, 3), k=5)
+    weight = torch.randn(data.num_edges, 2, 4, dtype=torch.float64)
+    cpu_attr, cpu = expand(data, 3, budget=0)
+    (cpu * weight).sum().backward()
+    attr = data.edge_attr.detach().cuda().requires_grad_(True)
+    conv = GraphPowerConv(3, mode='masked', memory_budget=0)
+    out = conv(data.edge_index.cuda(), attr, num_nodes=data.num_nodes)
+    (out * weight.cuda()).sum().backward()
+    assert torch.allclose(out.cpu(), cpu, atol=1e-12)
+    assert torch.allclose(attr.grad.cpu(), cpu_attr.grad, atol=1e-12)
