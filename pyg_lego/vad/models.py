@@ -1,0 +1,469 @@
+r"""Snippet scorers for weakly supervised video anomaly detection: LEGO fusion
+with the graph-space head (METHOD.md, sections 4-5) and the feature-fusion
+baselines the field compares against, behind one interface.
+
+Every model maps a mini-batch of video relation graphs (see
+:func:`pyg_lego.vad.video.video_graph`) to one anomaly logit per snippet
+(node), :math:`(|\mathcal{V}|,)`. Baselines use the same head as LEGO, a
+two-layer MLP of hidden width :obj:`hidden` (:math:`T` by default, the
+graph-space head's width), on their own fused snippet representation.
+"""
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.nn import GCNConv
+
+from pyg_lego.nn import LEGO, GraphSpaceHead
+
+#: Names accepted by :func:`build_model` (``single:<view>`` for each view).
+MODEL_NAMES = ('lego', 'lego+features', 'single', 'concat', 'sum',
+               'attention', 'gcn')
+
+
+def _batch_views(batch: Data) -> List[str]:
+    names = batch.view_names
+    if names and isinstance(names[0], (list, tuple)):  # a mini-batch
+        names = names[0]
+    return list(names)
+
+
+def _features(batch: Data, view_names: Sequence[str]) -> List[Tensor]:
+    have = _batch_views(batch)
+    missing = [v for v in view_names if v not in have]
+    if missing:
+        raise ValueError(f"the batch has views {have} but the model needs "
+                         f"{missing}")
+    return [batch[f'x_{v}'] for v in view_names]
+
+
+def _batch_vector(batch: Data) -> Tensor:
+    if getattr(batch, 'batch', None) is not None:
+        return batch.batch
+    return batch.edge_index.new_zeros(batch.num_nodes)
+
+
+class ScoreMLP(torch.nn.Module):
+    r"""The scoring head shared by the baselines,
+    :math:`s = \mathbf{w}_2^\top \mathrm{ReLU}(\mathbf{W}_1 \mathbf{h} +
+    \mathbf{b}_1) + b_2`."""
+
+    def __init__(self, in_channels: int, hidden_channels: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.lin1 = torch.nn.Linear(in_channels, hidden_channels)
+        self.lin2 = torch.nn.Linear(hidden_channels, 1)
+        self.dropout = dropout
+
+    def reset_parameters(self):
+        self.lin1.reset_parameters()
+        self.lin2.reset_parameters()
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = torch.relu(self.lin1(h))
+        h = torch.nn.functional.dropout(h, self.dropout, self.training)
+        return self.lin2(h).squeeze(-1)
+
+
+class LEGOVAD(torch.nn.Module):
+    r"""LEGO fusion of every video's relation graphs followed by the
+    graph-space head: snippet :math:`i` is scored from its row of the fused
+    graph,
+
+    .. math::
+        s_i = \mathrm{FC}_{N \to 1}\big(\mathrm{ReLU}(\mathrm{FC}_{N \to N}
+        (\mathbf{G}_{i, :}))\big), \qquad \mathbf{G} = \mathrm{LEGO}
+        \big(\{\mathbf{R}^{(p)}_m\}\big).
+
+    With :obj:`feature_channels > 0` (not the paper's head) a linear
+    projection of the concatenated snippet features, of that width, is
+    appended to each row before the MLP.
+
+    Args:
+        view_names (list of str): The views, in the graph's order.
+        T (int): Snippets per video :math:`N` (the head's input width).
+        P (int, optional): Highest order. (default: :obj:`2`)
+        mode (str, optional): Expansion mode. (default: :obj:`"masked"`)
+        fusion (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
+            (default: :obj:`"polynomial"`)
+        channels (int, optional): Fused graphs :math:`C`. (default: :obj:`1`)
+        rank (int, optional): CP rank of the polynomial fusion.
+        hidden (int, optional): Head width; :math:`N` if :obj:`None`.
+        dropout (float, optional): Head dropout. (default: :obj:`0.0`)
+        dims (Mapping[str, int], optional): Feature widths, needed with
+            :obj:`feature_channels`.
+        feature_channels (int, optional): Width of the feature projection
+            appended to the rows; :obj:`0` is the paper's head.
+            (default: :obj:`0`)
+    """
+
+    def __init__(self, view_names: Sequence[str], T: int, P: int = 2,
+                 mode: str = 'masked', fusion: str = 'polynomial',
+                 channels: int = 1, rank: Optional[int] = None,
+                 hidden: Optional[int] = None, dropout: float = 0.0,
+                 dims: Optional[Mapping[str, int]] = None,
+                 feature_channels: int = 0):
+        super().__init__()
+        if T < 2:
+            raise ValueError(f"T must be >= 2 snippets, got {T}")
+        if feature_channels < 0:
+            raise ValueError(f"feature_channels must be >= 0, got "
+                             f"{feature_channels}")
+        self.view_names = list(view_names)
+        self.T = T
+        self.lego = LEGO(self.view_names, P=P, mode=mode, fusion=fusion,
+                         out_channels=channels, rank=rank)
+        self.feature_channels = feature_channels
+        if feature_channels:
+            if dims is None:
+                raise ValueError("feature_channels needs dims (feature widths "
+                                 "per view)")
+            width = sum(int(dims[v]) for v in self.view_names)
+            self.project = torch.nn.Linear(width, feature_channels)
+            self.head = ScoreMLP(T * channels + feature_channels, hidden or T,
+                                 dropout)
+        else:
+            self.project = None
+            self.head = GraphSpaceHead(T, channels, hidden, dropout)
+
+    def reset_parameters(self):
+        self.lego.reset_parameters()
+        self.head.reset_parameters()
+        if self.project is not None:
+            self.project.reset_parameters()
+
+    def fuse(self, batch: Data) -> Tensor:
+        r"""The fused graph :math:`(|\mathcal{E}|, C)` of a mini-batch.
+
+        When every video is a complete graph of :math:`T` snippets with
+        self-loops (coalesced, so its edges are the row-major :math:`T \times
+        T` grid) and the mode is :obj:`"masked"`, the matrix powers run as
+        batched dense products, which on such small graphs is far faster
+        than the sparse two-step-path kernel and gives the same result
+        (tested); otherwise the sparse path runs."""
+        if not self._is_grid(batch):
+            return self.lego.fuse(batch)
+        names = _batch_views(batch)
+        if names != self.view_names:
+            raise ValueError(f"the graph has views {names} but the model "
+                             f"was built for {self.view_names}")
+        r = batch.edge_attr.view(-1, self.T, self.T, len(self.view_names))
+        powers = _dense_masked_powers(r.movedim(-1, 1), self.lego.P)
+        # [B, M, P+1, T, T] -> [B * T * T, M, P+1], the edges' order.
+        powers = powers.permute(0, 3, 4, 1, 2).reshape(
+            -1, len(self.view_names), self.lego.P + 1)
+        return self.lego.fusion(powers)
+
+    def _is_grid(self, batch: Data) -> bool:
+        if self.lego.mode != 'masked':
+            return False
+        index = _batch_vector(batch)
+        num_graphs = int(index[-1]) + 1 if index.numel() else 0
+        T = self.T
+        if batch.num_nodes != num_graphs * T or \
+                batch.edge_index.size(1) != num_graphs * T * T:
+            return False
+        local = torch.arange(T, device=index.device)
+        expect = torch.stack([local.repeat_interleave(T), local.repeat(T)])
+        offset = (torch.arange(num_graphs, device=index.device) *
+                  T).repeat_interleave(T * T)
+        return torch.equal(batch.edge_index - offset,
+                           expect.repeat(1, num_graphs))
+
+    def forward_with_graph(self, batch: Data) -> Tuple[Tensor, Tensor]:
+        r"""Snippet logits :math:`(|\mathcal{V}|,)` and the fused graph
+        :math:`(|\mathcal{E}|, C)` (for graph regularisers)."""
+        fused = self.fuse(batch)
+        index = _batch_vector(batch)
+        if self.project is None:
+            return self.head(fused, batch.edge_index, index), fused
+        from torch_geometric.utils import to_dense_adj
+        sizes = torch.bincount(index)
+        if int(sizes.max()) > self.T:
+            raise ValueError(f"a video has {int(sizes.max())} snippets but "
+                             f"the model was built for T={self.T}")
+        dense = to_dense_adj(batch.edge_index, index, fused,
+                             max_num_nodes=self.T)
+        valid = torch.arange(self.T, device=index.device) < sizes[:, None]
+        rows = dense.reshape(dense.size(0), self.T, -1)[valid]
+        feats = torch.cat(_features(batch, self.view_names), dim=-1)
+        h = torch.cat([rows, self.project(feats)], dim=-1)
+        return self.head(h), fused
+
+    def forward(self, batch: Data) -> Tensor:
+        return self.forward_with_graph(batch)[0]
+
+    def coefficients(self, channel: int = 0):
+        return self.lego.coefficients(channel)
+
+    def __repr__(self) -> str:
+        extra = (f', feature_channels={self.feature_channels}'
+                 if self.feature_channels else '')
+        return (f'{self.__class__.__name__}(views={self.view_names}, '
+                f'T={self.T}, P={self.lego.P}, mode={self.lego.mode!r}, '
+                f'fusion={self.lego.fusion.kind!r}{extra})')
+
+
+def _dense_masked_powers(r: Tensor, P: int) -> Tensor:
+    r"""Masked matrix powers :math:`0..P` of complete graphs with
+    self-loops, :math:`(B, M, T, T) \to (B, M, P + 1, T, T)`, as
+    :class:`~pyg_lego.nn.GraphPowerConv` computes them on the pattern."""
+    T = r.size(-1)
+    orders = [torch.eye(T, dtype=r.dtype, device=r.device).expand_as(r)]
+    if P >= 1:
+        deg = r.sum(dim=-1)
+        dinv = torch.where(deg > 0, deg.clamp_min(
+            torch.finfo(deg.dtype).tiny).rsqrt(), torch.zeros_like(deg))
+        a = dinv.unsqueeze(-1) * r * dinv.unsqueeze(-2)
+        orders.append(a)
+        for _ in range(2, P + 1):
+            orders.append(orders[-1] @ a)
+    return torch.stack(orders, dim=2)
+
+
+class SingleView(torch.nn.Module):
+    r"""One view only: :math:`s_i = \mathrm{MLP}(\mathbf{x}^{(m)}_i)`.
+
+    Args:
+        view (str): The view.
+        in_channels (int): Its width.
+        hidden (int): Head width.
+        dropout (float, optional): Head dropout. (default: :obj:`0.0`)
+    """
+
+    def __init__(self, view: str, in_channels: int, hidden: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.view_names = [view]
+        self.head = ScoreMLP(in_channels, hidden, dropout)
+
+    def reset_parameters(self):
+        self.head.reset_parameters()
+
+    def forward(self, batch: Data) -> Tensor:
+        return self.head(_features(batch, self.view_names)[0])
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}({self.view_names[0]!r})'
+
+
+class ConcatFusion(torch.nn.Module):
+    r"""Early fusion by concatenation:
+    :math:`s_i = \mathrm{MLP}([\mathbf{x}^{(1)}_i \Vert \cdots \Vert
+    \mathbf{x}^{(M)}_i])`."""
+
+    def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
+                 hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.view_names = list(view_names)
+        self.head = ScoreMLP(sum(int(dims[v]) for v in self.view_names),
+                             hidden, dropout)
+
+    def reset_parameters(self):
+        self.head.reset_parameters()
+
+    def forward(self, batch: Data) -> Tensor:
+        return self.head(torch.cat(_features(batch, self.view_names), -1))
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(views={self.view_names})'
+
+
+class _Projections(torch.nn.Module):
+    r"""Per-view :obj:`Linear` to a common width followed by
+    :obj:`LayerNorm`, so that every view enters the fusion at the same
+    scale whatever its raw feature norm."""
+
+    def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
+                 hidden: int):
+        super().__init__()
+        self.view_names = list(view_names)
+        self.lins = torch.nn.ModuleList(
+            [torch.nn.Linear(int(dims[v]), hidden) for v in self.view_names])
+        self.norms = torch.nn.ModuleList(
+            [torch.nn.LayerNorm(hidden) for _ in self.view_names])
+
+    def reset_parameters(self):
+        for lin, norm in zip(self.lins, self.norms):
+            lin.reset_parameters()
+            norm.reset_parameters()
+
+    def forward(self, batch: Data) -> Tensor:
+        xs = _features(batch, self.view_names)
+        return torch.stack([norm(lin(x)) for x, lin, norm in
+                            zip(xs, self.lins, self.norms)], dim=1)
+
+
+class SumFusion(torch.nn.Module):
+    r"""Element-wise sum of projected views:
+    :math:`s_i = \mathrm{MLP}\big(\sum_m \mathrm{LN}(\mathbf{W}_m
+    \mathbf{x}^{(m)}_i)\big)`."""
+
+    def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
+                 hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.view_names = list(view_names)
+        self.proj = _Projections(view_names, dims, hidden)
+        self.head = ScoreMLP(hidden, hidden, dropout)
+
+    def reset_parameters(self):
+        self.proj.reset_parameters()
+        self.head.reset_parameters()
+
+    def forward(self, batch: Data) -> Tensor:
+        return self.head(self.proj(batch).sum(dim=1))
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(views={self.view_names})'
+
+
+class AttentionFusion(torch.nn.Module):
+    r"""Gated (attention) fusion: per-snippet softmax weights over the
+    projected views,
+
+    .. math::
+        \mathbf{h}_i = \sum_m \alpha_{i, m} \mathbf{z}^{(m)}_i, \qquad
+        \alpha_{i, :} = \mathrm{softmax}_m\big(\mathbf{a}^\top
+        \tanh(\mathbf{z}^{(m)}_i)\big), \qquad
+        \mathbf{z}^{(m)}_i = \mathrm{LN}(\mathbf{W}_m \mathbf{x}^{(m)}_i),
+
+    then :math:`s_i = \mathrm{MLP}(\mathbf{h}_i)`."""
+
+    def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
+                 hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.view_names = list(view_names)
+        self.proj = _Projections(view_names, dims, hidden)
+        self.gate = torch.nn.Linear(hidden, 1)
+        self.head = ScoreMLP(hidden, hidden, dropout)
+
+    def reset_parameters(self):
+        self.proj.reset_parameters()
+        self.gate.reset_parameters()
+        self.head.reset_parameters()
+
+    def view_weights(self, batch: Data) -> Tensor:
+        r"""The attention weights :math:`(|\mathcal{V}|, M)`."""
+        return self._weights(self.proj(batch))
+
+    def _weights(self, z: Tensor) -> Tensor:
+        return torch.softmax(self.gate(torch.tanh(z)).squeeze(-1), dim=-1)
+
+    def forward(self, batch: Data) -> Tensor:
+        z = self.proj(batch)
+        h = (self._weights(z).unsqueeze(-1) * z).sum(dim=1)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(views={self.view_names})'
+
+
+class CrossViewGCN(torch.nn.Module):
+    r"""A cross-view GNN: GCN over the union relation graph (edge weight:
+    the mean relation score over views) on concatenated features, with a
+    linear skip of the snippet's own features, because on the complete
+    graph of a resampled video a plain GCN layer averages the snippets
+    towards the video mean,
+
+    .. math::
+        \mathbf{h}_i = \mathrm{ReLU}\Big(\mathrm{GCN}(\mathbf{X},
+        \bar{\mathbf{R}})_i + \mathbf{W}_s \mathbf{x}_i\Big), \qquad
+        s_i = \mathrm{MLP}(\mathbf{h}_i).
+    """
+
+    def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
+                 hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.view_names = list(view_names)
+        width = sum(int(dims[v]) for v in self.view_names)
+        self.conv = GCNConv(width, hidden)
+        self.skip = torch.nn.Linear(width, hidden, bias=False)
+        self.head = ScoreMLP(hidden, hidden, dropout)
+
+    def reset_parameters(self):
+        self.conv.reset_parameters()
+        self.skip.reset_parameters()
+        self.head.reset_parameters()
+
+    def forward(self, batch: Data) -> Tensor:
+        x = torch.cat(_features(batch, self.view_names), dim=-1)
+        have = _batch_views(batch)
+        cols = [have.index(v) for v in self.view_names]
+        weight = batch.edge_attr[:, cols].mean(dim=-1)
+        h = torch.relu(self.conv(x, batch.edge_index, weight) + self.skip(x))
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(views={self.view_names})'
+
+
+def build_model(name: str, view_names: Sequence[str], dims: Mapping[str, int],
+                T: Optional[int] = 32, hidden: Optional[int] = None,
+                dropout: float = 0.0, **opts) -> torch.nn.Module:
+    r"""Builds a snippet scorer by name.
+
+    Args:
+        name (str): :obj:`"lego"` (the paper's graph-space head),
+            :obj:`"lego+features"` (rows plus a feature projection of width
+            :obj:`hidden`), :obj:`"single:<view>"`, :obj:`"concat"`,
+            :obj:`"sum"`, :obj:`"attention"` or :obj:`"gcn"`.
+        view_names (list of str): The views the model fuses.
+        dims (Mapping[str, int]): Feature width of every view.
+        T (int, optional): Snippets per video (LEGO's head width; the
+            default :obj:`hidden`); :obj:`None` for full-length videos,
+            which only the feature baselines take. (default: :obj:`32`)
+        hidden (int, optional): Head width; :obj:`T` (or :obj:`32` at full
+            length) if :obj:`None`.
+        dropout (float, optional): Head dropout. (default: :obj:`0.0`)
+        **opts (optional): Arguments of :class:`LEGOVAD` (:obj:`P`,
+            :obj:`mode`, :obj:`fusion`, :obj:`channels`, :obj:`rank`,
+            :obj:`feature_channels`); only the LEGO models take them.
+    """
+    view_names = list(view_names)
+    if not view_names:
+        raise ValueError("view_names is empty: give at least one view")
+    missing = [v for v in view_names if v not in dims]
+    if missing:
+        raise ValueError(f"no feature width for view(s) {missing} in dims")
+    hidden = int(hidden or T or 32)
+    kind, _, arg = name.partition(':')
+    if kind not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of 'lego', "
+                         f"'lego+features', 'single:<view>', 'concat', "
+                         f"'sum', 'attention', 'gcn'")
+    if opts and not kind.startswith('lego'):
+        raise ValueError(f"model {name!r} takes no options "
+                         f"{sorted(opts)}; they are LEGO's")
+    if kind == 'single':
+        if arg not in view_names:
+            raise ValueError(f"model {name!r}: name a view after 'single:', "
+                             f"one of {view_names}")
+        return SingleView(arg, int(dims[arg]), hidden, dropout)
+    if arg:
+        raise ValueError(f"model {name!r}: only 'single' takes ':<view>'")
+    if kind.startswith('lego'):
+        if T is None:
+            raise ValueError(f"model {name!r}: the graph-space head needs a "
+                             f"fixed number of snippets T (resample the "
+                             f"videos); full-length videos work with the "
+                             f"feature baselines")
+        if kind == 'lego+features':
+            opts.setdefault('feature_channels', hidden)
+        return LEGOVAD(view_names, T, hidden=hidden, dropout=dropout,
+                       dims=dims, **opts)
+    cls = {'concat': ConcatFusion, 'sum': SumFusion,
+           'attention': AttentionFusion, 'gcn': CrossViewGCN}[kind]
+    return cls(view_names, dims, hidden, dropout)
+
+
+def model_names(view_names: Sequence[str]) -> List[str]:
+    r"""Every registry name for these views: LEGO (both heads), each single
+    view, and the fusion baselines."""
+    return (['lego', 'lego+features'] + [f'single:{v}' for v in view_names]
+            + ['concat', 'sum', 'attention', 'gcn'])
+
+
+def feature_dims(batch: Data) -> Dict[str, int]:
+    r"""Feature width of every view of a graph or mini-batch."""
+    return {v: int(batch[f'x_{v}'].size(-1)) for v in _batch_views(batch)}
