@@ -19,7 +19,7 @@ SUITES = ('comparison', 'robustness', 'given_graphs')
 
 #: Protocol of each setting: data size, label rates, seeds, tuning budget.
 SETTINGS: Dict[str, Dict[str, Any]] = {
-    'full': dict(num_nodes=None, label_rates=(2, 5, 10), robust_rate=5,
+    'full': dict(num_nodes=1000, label_rates=(2, 5, 10), robust_rate=5,
                  seeds=(0, 1, 2, 3, 4), budget=4, epochs=200, patience=30,
                  sbm_nodes=600),
     'small': dict(num_nodes=300, label_rates=(5, ), robust_rate=5,

@@ -1,0 +1,273 @@
+r"""Writes the notebooks of this folder from the cell sources below and, with
+``--execute``, runs them (in the small setting, ``PYG_LEGO_SMALL=1``) so that
+the committed files keep their figures. Large text outputs are cut.
+
+    python notebooks/make_notebooks.py --execute
+"""
+import argparse
+import os
+import sys
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_TEXT = 4000  # characters kept of one text output
+
+SETUP = """\
+%matplotlib inline
+import os
+import tempfile
+
+import torch
+from IPython.display import Image, Markdown, display
+
+from pyg_lego.multiview.suites import small_setting
+
+SMALL = small_setting()  # PYG_LEGO_SMALL=1: the quick setting of CI
+torch.manual_seed(0)
+torch.set_num_threads(1)
+FIGURES = tempfile.mkdtemp()
+print('small setting' if SMALL else 'full setting')"""
+
+QUICKSTART = [
+    new_markdown_cell("""\
+# Quickstart: from several views to one fused graph
+
+Three views of scikit-learn's handwritten digits (raw pixels, gradient-orientation
+histograms, coarse shape profiles) become one relation graph; each view's graph is
+expanded into powers; LEGO learns how to combine them while a GCN classifies the
+digits from a few labels. Set `PYG_LEGO_SMALL=1` for a quick run (as in CI)."""),
+    new_code_cell(SETUP),
+    new_markdown_cell("""\
+## 1. Views and the relation graph
+Every view selects its `k` nearest neighbours (cosine); the union of those edges plus
+self-loops is the shared pattern `E`, and every view is scored on every edge of it."""),
+    new_code_cell("""\
+from pyg_lego import build_relation_graph
+from pyg_lego.multiview import digits_views
+
+data = digits_views(num_nodes=300 if SMALL else None)
+print(data)
+graph = build_relation_graph(data.views, k=10)
+print(graph)
+print('edges per node:', graph.num_edges / graph.num_nodes)
+print('scores of the first edges [E, M]:')
+print(graph.edge_attr[:4])"""),
+    new_markdown_cell("""\
+## 2. Expansions
+`GraphPowerConv` turns the scores `[E, M]` into orders `p = 0..P` on the same
+pattern, in three ways: element-wise powers, the masked matrix power, and
+propagated features. How much weight does each order keep between nodes of the
+same class?"""),
+    new_code_cell("""\
+from pyg_lego.nn import GraphPowerConv
+from pyg_lego.data import view_features
+
+same = data.y[graph.edge_index[0]] == data.y[graph.edge_index[1]]
+off = graph.edge_index[0] != graph.edge_index[1]
+xs = view_features(graph, graph.view_names)
+for mode in ('elementwise', 'masked', 'propagated'):
+    powers = GraphPowerConv(P=3, mode=mode)(graph.edge_index, graph.edge_attr, xs=xs)
+    # share of each order's off-diagonal weight on same-class edges, per view
+    share = (powers[same & off].sum(0) / powers[off].sum(0)).T
+    print(mode, tuple(powers.shape))
+    for p, row in enumerate(share):
+        if p > 0:
+            print(f'  p={p}: ' + '  '.join(f'{n}={v:.2f}' for n, v in zip(graph.view_names, row)))"""),
+    new_markdown_cell("""\
+## 3. Fuse and learn
+`LEGOClassifier` feeds LEGO's fused graph (masked expansion, linear fusion) as the
+edge weight of a two-layer GCN; the fusion coefficients are trained end to end
+with it, from 5 labelled digits per class (validation: 10 per class)."""),
+    new_code_cell("""\
+from pyg_lego.multiview import LEGOClassifier, expand, make_split
+from pyg_lego.multiview.experiment import train_node_classifier
+
+split = make_split(data.y, per_class=5, val_per_class=10, seed=0)
+x = data.node_features()
+model = LEGOClassifier(graph.view_names, expand(graph, P=2, mode='masked'), 'gcn',
+                       x.size(1), 64, data.num_classes, fusion='linear')
+val, test, epochs = train_node_classifier(
+    model, lambda: model(x, graph.edge_index), data.y, split, lr=0.03,
+    weight_decay=5e-4, epochs=200, patience=30,
+    no_decay=list(model.fusion.parameters()))
+print(f'validation {val:.3f}, test {test:.3f} after {epochs} epochs')"""),
+    new_markdown_cell("""\
+## 4. The fused graph and its coefficients
+Nodes sorted by class: an informative graph is block-diagonal. Left: the plain
+average of the three views' scores; right: the learned fused graph."""),
+    new_code_cell("""\
+from pyg_lego.multiview.figures import adjacency_figure
+
+nodes = torch.randperm(data.num_nodes)[:120]
+fig = adjacency_figure({
+    'mean of the views': (graph.edge_index, graph.edge_attr.mean(-1)),
+    'LEGO fused graph': (graph.edge_index, model.fused_graph()),
+}, data.y, nodes)
+display(fig)"""),
+    new_code_cell("""\
+from pyg_lego import plot_coefficients
+
+table = model.coefficients()
+print(table.to_markdown())
+display(Image(plot_coefficients(table, os.path.join(FIGURES, 'coefficients.png'))))"""),
+]
+
+BASELINES = [
+    new_markdown_cell("""\
+# LEGO against the GNN baselines
+
+The comparison of the README, run from `pyg_lego.multiview.suites` (the same code as
+`python benchmarks/multiview_comparison.py`): transductive semi-supervised
+classification of scikit-learn's digits from three views, every method tuned with
+the same budget on the same validation split. With `PYG_LEGO_SMALL=1` (CI) this runs
+a small setting (300 digits, 2 seeds, 1 configuration), whose numbers are only a
+smoke test; the README holds the full-setting table."""),
+    new_code_cell(SETUP),
+    new_code_cell("""\
+from pyg_lego.multiview.experiment import to_markdown
+from pyg_lego.multiview.figures import summary_figure
+from pyg_lego.multiview.suites import run_suite, shares_markdown
+
+def show(result, title):
+    summary = {m: {int(r): tuple(v) for r, v in rates.items()}
+               for m, rates in result['summary'].items()}
+    display(Markdown(to_markdown(summary)))
+    display(summary_figure(summary, title))
+    if result['shares']:
+        display(Markdown(shares_markdown(result)))
+
+comparison = run_suite('comparison', small=SMALL, progress=False)
+print(comparison['data'], f"{comparison['seconds']:.0f} s")
+show(comparison, 'digits, three views')"""),
+    new_markdown_cell("""\
+## Robustness: a noise view and a corrupted view
+Two views are added: Gaussian noise, and the pixels with their rows permuted (a
+view that looks good but describes the wrong digits). The node features of every
+method now include them too. The share table shows how much of the linear fusion
+weight each view keeps."""),
+    new_code_cell("""\
+robust = run_suite('robustness', small=SMALL, progress=False)
+print(robust['data'])
+show(robust, 'digits + noise view + permuted pixels')"""),
+]
+
+GIVEN = [
+    new_markdown_cell("""\
+# Fusing given graphs
+
+Views need not be features: a `GivenGraph` enters the relation graph with its own
+edges. Here a generated multiplex stochastic block model has node features and three
+edge types: `friends` (mostly within a class), `random` (unrelated to the classes) and
+`rivals` (only between classes). Which ones does LEGO learn to use?"""),
+    new_code_cell(SETUP),
+    new_code_cell("""\
+from pyg_lego.multiview import multiplex_sbm
+
+data = multiplex_sbm(num_nodes=200 if SMALL else 600)
+print(data)
+for name, g in data.graph_views.items():
+    row, col = g.edge_index
+    same = float((data.y[row] == data.y[col]).float().mean())
+    print(f'{name:8s} {g.edge_index.size(1):5d} edges, same-class share {same:.2f}')"""),
+    new_markdown_cell("""\
+## One model, its coefficients
+LEGO (masked expansion, linear fusion) + GCN on the features, trained from 5 labels
+per class. The linear fusion has one row per view and one column per order."""),
+    new_code_cell("""\
+from pyg_lego import plot_coefficients
+from pyg_lego.multiview import Context, Method, make_split
+from pyg_lego.multiview.experiment import fit_method, view_shares
+
+ctx = Context(data, k=10)
+split = make_split(data.y, per_class=5, val_per_class=10, seed=0)
+fit = fit_method(Method('LEGO', 'lego', 'gcn', mode='masked', fusion='linear'), ctx,
+                 split, dict(lr=0.03, hidden=64, dropout=0.3, weight_decay=5e-4))
+print(f'validation {fit.val:.3f}, test {fit.test:.3f}')
+table = fit.model.coefficients()
+print(table.to_markdown())
+shares = view_shares(table, 'masked')
+print('view shares (orders >= 1):', {k: round(v, 2) for k, v in shares.items()})
+print('ranking:', ' > '.join(sorted(shares, key=shares.get, reverse=True)))
+display(Image(plot_coefficients(table, os.path.join(FIGURES, 'sbm.png'))))"""),
+    new_markdown_cell("""\
+## Against the baselines
+GCN on each view's graph alone, on the union and the mean of all graphs, and LEGO
+with both expansions that accept given graphs and both fusion kinds. The polynomial
+fusion multiplies the views' factors edge by edge, so an edge that one given graph
+lacks is scaled down by that graph's factor: it favours edges the graphs agree on."""),
+    new_code_cell("""\
+from pyg_lego.multiview.experiment import to_markdown
+from pyg_lego.multiview.figures import summary_figure
+from pyg_lego.multiview.suites import run_suite, shares_markdown
+
+result = run_suite('given_graphs', small=SMALL, progress=False)
+summary = {m: {int(r): tuple(v) for r, v in rates.items()}
+           for m, rates in result['summary'].items()}
+display(Markdown(to_markdown(summary)))
+display(Markdown(shares_markdown(result)))
+display(summary_figure(summary, 'multiplex SBM'))"""),
+]
+
+NOTEBOOKS = {
+    '01_quickstart.ipynb': QUICKSTART,
+    '02_multiview_baselines.ipynb': BASELINES,
+    '03_given_graphs.ipynb': GIVEN,
+}
+
+
+def build(cells) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells)
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3',
+                                 'language': 'python'}
+    nb.metadata['language_info'] = {'name': 'python'}
+    return nb
+
+
+def strip_large_outputs(nb: nbformat.NotebookNode) -> None:
+    r"""Cuts long text outputs (progress, logs); keeps images and
+    markdown."""
+    for cell in nb.cells:
+        if cell.cell_type != 'code':
+            continue
+        cell.metadata.pop('execution', None)
+        for out in cell.get('outputs', []):
+            if out.get('output_type') == 'stream' and \
+                    len(out.get('text', '')) > MAX_TEXT:
+                out['text'] = out['text'][:MAX_TEXT] + '\n[... cut ...]\n'
+            data = out.get('data', {})
+            for key in ('text/plain', 'text/html'):
+                if key in data and len(data[key]) > MAX_TEXT and \
+                        len(data) > 1:
+                    del data[key]
+
+
+def execute(nb: nbformat.NotebookNode, timeout: int = 600) -> None:
+    from nbclient import NotebookClient
+    NotebookClient(nb, timeout=timeout, kernel_name='python3',
+                   resources={'metadata': {'path': HERE}}).execute()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--execute', action='store_true')
+    parser.add_argument('names', nargs='*', help='notebooks to write '
+                        '(default: all)')
+    args = parser.parse_args(argv)
+    os.environ.setdefault('PYG_LEGO_SMALL', '1')
+    for name, cells in NOTEBOOKS.items():
+        if args.names and name not in args.names:
+            continue
+        nb = build(cells)
+        if args.execute:
+            execute(nb)
+            strip_large_outputs(nb)
+        nbformat.validate(nb)
+        path = os.path.join(HERE, name)
+        nbformat.write(nb, path)
+        print(f'{path}: {os.path.getsize(path) / 1024:.0f} KB', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
