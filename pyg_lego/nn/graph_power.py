@@ -262,7 +262,9 @@ class GraphPowerConv(MessagePassing):
         if self.memory_budget is not None:
             # About 8 id tensors per candidate and 3 gathered rows per path.
             per_candidate = 8 * 8 + 3 * a.element_size() * a.size(1)
-            chunk = max(1024, min(chunk, self.memory_budget // per_candidate))
+            # The floor keeps per-chunk overhead small; chunk_size caps it.
+            chunk = min(chunk, max(1 << 16,
+                                   self.memory_budget // per_candidate))
         return PathPlan(edge_index, num_nodes, chunk, compact=not a.is_cuda)
 
     def _masked(self, edge_index: Tensor, edge_attr: Tensor, num_nodes: int,
