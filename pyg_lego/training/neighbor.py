@@ -236,10 +236,13 @@ def epoch_seeds(nodes: Tensor, batch_size: int, epoch: int, seed: int = 0,
 def train_epoch(model: torch.nn.Module, loader: NeighborLoader,
                 optimizer: torch.optim.Optimizer,
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = torch.nn.
-                functional.cross_entropy, progress: bool = False) -> float:
+                functional.cross_entropy,
+                device: Optional[torch.device] = None,
+                progress: bool = False) -> float:
     r"""One pass over :obj:`loader`; the loss of each mini-batch is taken on
     its seed nodes (the first :obj:`batch.batch_size`), whose label is
-    :obj:`batch.y`. Returns the mean loss."""
+    :obj:`batch.y`. Batches move to :obj:`device` if given. Returns the mean
+    loss."""
     model.train()
     total, steps = 0.0, 0
     batches = loader
@@ -247,6 +250,8 @@ def train_epoch(model: torch.nn.Module, loader: NeighborLoader,
         from tqdm.auto import tqdm
         batches = tqdm(loader, desc='train', unit='batch')
     for batch in batches:
+        if device is not None:
+            batch = batch.to(device)
         optimizer.zero_grad()
         out = model(batch.x, batch.edge_index, batch.edge_attr)
         loss = loss_fn(out[:batch.batch_size], batch.y[:batch.batch_size])
