@@ -26,5 +26,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pyg-lego vad demo
 
+bench: $(STAMP)
+	$(PY) benchmarks/scale.py
+
 clean:
 	rm -rf $(VENV) runs results

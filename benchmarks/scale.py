@@ -1,0 +1,477 @@
+r"""Speed and memory of every stage of the sparse LEGO pipeline against N, each
+with a baseline measured in the same process.
+
+    python benchmarks/scale.py                  # default sizes, a few minutes
+    python benchmarks/scale.py --sizes 2000 8000
+    python benchmarks/scale.py --large          # N = 1,000,000 target run
+
+Every size runs in a fresh subprocess (so that its peak resident memory,
+``ru_maxrss``, is its own); within it a sampling thread reads the resident set
+of ``/proc/self/statm`` to give each stage its own peak (growth over the RSS
+at the stage's start). Results go to ``<out>/scale.json``, ``<out>/scale.md``
+and ``<out>/scale.png``.
+
+Data: ``M`` views of the same nodes, linear maps of a shared 16-dimensional
+Gaussian-mixture latent plus noise (clustered, low intrinsic dimension, as
+learned features tend to be). Approximate-kNN recall depends on that.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STAGES = ('knn', 'scores', 'paths', 'elementwise', 'masked', 'masked_streamed',
+          'propagated', 'fusion')
+
+
+def rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class PeakRSS:
+    r"""Peak resident-set growth during a ``with`` block (5 ms sampling)."""
+
+    def __enter__(self):
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.bytes = self.peak - self.start
+
+
+def timed(fn: Callable, repeat: int = 1):
+    r"""Best wall time of :obj:`repeat` runs, peak RSS growth, last result."""
+    best, peak, out = math.inf, 0, None
+    for _ in range(repeat):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t)
+        peak = max(peak, mem.bytes)
+    return best, peak, out
+
+
+def make_views(n: int, num_views: int, dim: int, seed: int = 0):
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    clusters = max(16, n // 500)
+    centers = torch.randn(clusters, 16, generator=gen) * 2
+    latent = centers[torch.randint(clusters, (n,), generator=gen)] + \
+        torch.randn(n, 16, generator=gen)
+    return {f'view{m}': latent @ torch.randn(16, dim, generator=gen) +
+            0.3 * torch.randn(n, dim, generator=gen)
+            for m in range(num_views)}
+
+
+# ---------------------------------------------------------------- one size --
+
+def measure_size(n: int, args) -> Dict:
+    import torch
+    from pyg_lego.data.knn import block_rows
+    from pyg_lego.data.backends import knn_search
+    from pyg_lego.data.relation import _pattern, _scores, coalesce_pattern
+    from pyg_lego.data.similarity import prepare, resolve_score_map
+    from pyg_lego.nn import GraphPowerConv, LEGOFusion, two_hop_paths
+
+    torch.manual_seed(0)
+    k, P, M, d = args.k, args.P, args.views, args.dim
+    views = make_views(n, M, d)
+    res: Dict = {'N': n, 'k': k, 'P': P, 'views': M, 'dim': d,
+                 'time': {}, 'mem': {}, 'baseline': {}}
+    rep = 1 if n >= 50_000 else 2
+
+    # kNN: our search against the bare matrix products of the same blocks.
+    backend = args.backend
+    t, mem, found = timed(lambda: {
+        name: knn_search(x, k, backend=backend, progress=args.progress)
+        for name, x in views.items()}, rep)
+    res['time']['knn'], res['mem']['knn'] = t, mem
+    res['knn_backend'] = next(iter(found.values())).backend
+    if res['knn_backend'] == 'exact':
+        zs = [prepare(x, 'cosine') for x in views.values()]
+        rows = block_rows(n, 4)
+
+        def matmuls():
+            for z in zs:
+                for s in range(0, n, rows):
+                    z[s:s + rows] @ z.t()
+        t_mm, _, _ = timed(matmuls, rep)
+        res['baseline']['knn_matmul'] = t_mm
+        res['flops_knn'] = 2.0 * M * n * n * d
+    # Pattern and scores (reusing the kNN similarities).
+    parts = [r.edge_index for r in found.values()]
+    ei = torch.cat(parts, 1)
+    loop = torch.arange(n)
+    edge_index = coalesce_pattern(torch.cat([ei, ei.flip(0),
+                                             torch.stack([loop, loop])], 1), n)
+    smap = resolve_score_map('auto', 'cosine')
+    t, mem, edge_attr = timed(lambda: _scores(views, edge_index, 'cosine',
+                                              smap, None, n, found), rep)
+    res['time']['scores'], res['mem']['scores'] = t, mem
+    t_re, _, _ = timed(lambda: _scores(views, edge_index, 'cosine', smap,
+                                       None, n, None), rep)
+    res['baseline']['scores_recomputed'] = t_re
+    E = edge_index.size(1)
+    res['E'] = E
+    t, mem, paths = timed(lambda: two_hop_paths(edge_index, n), rep)
+    res['time']['paths'], res['mem']['paths'] = t, mem
+    res['paths'] = paths.size(1)
+    xs = list(views.values())
+
+    def expansion(mode, **kw):
+        conv = GraphPowerConv(P, mode=mode, **kw)
+        attr = edge_attr.clone().requires_grad_(True)
+        x_in = [x.clone().requires_grad_(True) for x in xs]
+
+        def run():
+            out = conv(edge_index, attr, xs=x_in, num_nodes=n,
+                       path_index=paths if kw.get('memory_budget', 1) else None)
+            out.sum().backward()
+            return out.detach()
+        return run
+
+    def forward_only(mode, **kw):
+        conv = GraphPowerConv(P, mode=mode, **kw)
+        return lambda: conv(edge_index, edge_attr, xs=xs, num_nodes=n,
+                            path_index=paths)
+
+    for name, mode, kw in (('elementwise', 'elementwise', {}),
+                           ('masked', 'masked', {}),
+                           ('masked_streamed', 'masked', {'memory_budget': 0}),
+                           ('propagated', 'propagated', {})):
+        t, mem, powers = timed(expansion(mode, **kw), rep)
+        res['time'][name], res['mem'][name] = t, mem
+    res['time']['masked_forward'] = timed(forward_only('masked'), rep)[0]
+    res['time']['propagated_forward'] = timed(forward_only('propagated'),
+                                              rep)[0]
+    fusion = LEGOFusion(M, P, kind='polynomial')
+    powers = powers.requires_grad_(True)
+
+    def fuse():
+        out = fusion(powers)
+        out.sum().backward()
+    t, mem, _ = timed(fuse, rep)
+    res['time']['fusion'], res['mem']['fusion'] = t, mem
+
+    # Masked power per order against torch.sparse.mm of the path matrix:
+    # the same non-zeros (one per path) and width (M).
+    path_mat = torch.sparse_coo_tensor(
+        paths[[2, 0]], edge_attr[paths[1], 0], (E, E)).coalesce() \
+        .to_sparse_csr()
+    dense_in = edge_attr.contiguous()
+    res['baseline']['sparse_mm'] = timed(
+        lambda: torch.sparse.mm(path_mat, dense_in), rep)[0]
+    # Propagated mode against PyG propagation with the same K on the graph.
+    from torch_geometric.nn import SGConv, TAGConv
+    w = edge_attr[:, 0]
+    for name, conv in (('sgconv', SGConv(d, d, K=P, bias=False)),
+                       ('tagconv', TAGConv(d, d, K=P, bias=False))):
+        with torch.no_grad():
+            res['baseline'][name] = M * timed(
+                lambda: conv(xs[0], edge_index, w), rep)[0]
+    # Memory bandwidth: bytes the masked power moves per order against a
+    # plain copy of a 256 MiB tensor.
+    src = torch.empty(64 * 2**20)
+    dst = torch.empty_like(src)
+    t_copy = timed(lambda: dst.copy_(src), 3)[0]
+    res['copy_GBps'] = 2 * src.numel() * 4 / t_copy / 1e9
+    per_order = (res['time']['masked_forward']) / max(1, P - 1)
+    moved = paths.size(1) * (3 * 8 + 3 * M * 4)
+    res['masked_GBps'] = moved / per_order / 1e9
+
+    res['peak_rss_pipeline'] = resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Whole pipeline baselines: dense and SciPy, where they fit.
+    if 8.0 * M * (P + 2) * n * n <= args.dense_bytes:
+        from pyg_lego import dense
+        fusion_d = LEGOFusion(M, P, kind='polynomial')
+
+        def run_dense():
+            mask, r = dense.relation_graph(views, k)
+            g = dense.fuse(dense.graph_powers(r, mask, P, 'masked'),
+                           fusion_d)
+            return g
+        res['baseline']['dense_masked'] = timed(run_dense)[0]
+    fill = n * (E / n)**2 * 12
+    if fill <= args.dense_bytes:
+        import numpy as np
+        import scipy.sparse as sp
+        from pyg_lego.nn import relation_norm
+        a = relation_norm(edge_index, edge_attr, n).numpy()
+        r_, c_ = edge_index.numpy()
+        mask = sp.csr_matrix((np.ones(E, np.float32), (r_, c_)), (n, n))
+
+        def run_scipy():
+            for m in range(M):
+                A = sp.csr_matrix((a[:, m], (r_, c_)), (n, n))
+                power = A
+                for _ in range(2, P + 1):
+                    power = (power @ A).multiply(mask).tocsr()
+        res['baseline']['scipy_masked'] = timed(run_scipy)[0]
+    res['peak_rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return res
+
+
+def measure_large(args) -> Dict:
+    r"""The N = 1,000,000 target: approximate graph build, then per mode the
+    expansion and the polynomial fusion, forward and backward, each mode's
+    peak RSS taken in its own subprocess."""
+    import torch
+    from pyg_lego import LEGO, build_relation_graph
+    n = args.large_n
+    views = make_views(n, args.views, args.dim)
+    t = time.perf_counter()
+    data = build_relation_graph(views, k=args.k, backend=args.backend
+                                if args.backend != 'auto' else 'faiss-ivf',
+                                progress=True, recall_sample=1000)
+    res = {'N': n, 'build_s': time.perf_counter() - t, 'E': data.num_edges,
+           'recall': data.get('knn_recall'),
+           'build_peak_rss': resource.getrusage(
+               resource.RUSAGE_SELF).ru_maxrss * 1024}
+    print(json.dumps(res), flush=True)
+    torch.save({'edge_index': data.edge_index, 'edge_attr': data.edge_attr,
+                **views}, args.large_cache)
+    return res
+
+
+def measure_large_mode(args) -> Dict:
+    import torch
+    from pyg_lego import LEGO
+    saved = torch.load(args.large_cache)
+    names = [f'view{m}' for m in range(args.views)]
+    xs = [saved[name] for name in names]
+    model = LEGO(names, P=args.P, mode=args.mode, fusion='polynomial')
+    model.expansion.memory_budget = args.path_budget
+    t = time.perf_counter()
+    fused = model(saved['edge_index'], saved['edge_attr'], xs=xs,
+                  num_nodes=xs[0].size(0))
+    t_fwd = time.perf_counter() - t
+    fused.sum().backward()
+    return {'mode': args.mode, 'forward_s': t_fwd,
+            'total_s': time.perf_counter() - t,
+            'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            * 1024}
+
+
+# ------------------------------------------------------------------ driver --
+
+def subprocess_json(extra: List[str], timeout: float) -> Dict:
+    cmd = [sys.executable, os.path.abspath(__file__)] + extra
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def slope(xs, ys) -> float:
+    lx = [math.log(x) for x, y in zip(xs, ys) if y > 0]
+    ly = [math.log(y) for y in ys if y > 0]
+    if len(lx) < 2:
+        return float('nan')
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    var = sum((a - mx)**2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / var
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def summarize(results: List[Dict]) -> Dict:
+    rows = []
+    for r in results:
+        t, b = r['time'], r['baseline']
+        rows.append({
+            'N': r['N'], 'E': r['E'], 'paths': r['paths'],
+            'knn_backend': r['knn_backend'],
+            'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'), t['knn']),
+            'score_reuse_speedup': ratio(b['scores_recomputed'], t['scores']),
+            'masked_order_vs_sparse_mm': ratio(
+                t['masked_forward'] / max(1, r['P'] - 1), b['sparse_mm']),
+            'propagated_vs_sgconv': ratio(t['propagated_forward'],
+                                          b['sgconv']),
+            'propagated_vs_tagconv': ratio(t['propagated_forward'],
+                                           b['tagconv']),
+            'masked_bandwidth_vs_copy': r['masked_GBps'] / r['copy_GBps'],
+            # Forward passes: ours from features (kNN, scores, paths, masked
+            # power) against dense; the masked power with its paths against
+            # SciPy's (A @ A).multiply(mask).
+            'masked_vs_dense': ratio(t['knn'] + t['scores'] + t['paths'] +
+                                     t['masked_forward'],
+                                     b.get('dense_masked')),
+            'masked_vs_scipy': ratio(t['paths'] + t['masked_forward'],
+                                     b.get('scipy_masked')),
+            'streamed_vs_stored': ratio(t['masked_streamed'], t['masked']),
+            'pipeline_peak_rss_GiB': r['peak_rss_pipeline'] / 2**30,
+        })
+    sizes = [r['N'] for r in results]
+    slopes = {s: {'time': slope(sizes, [r['time'][s] for r in results]),
+                  'mem': slope(sizes, [r['mem'][s] for r in results])}
+              for s in STAGES}
+    slopes['pipeline_peak_rss'] = {'mem': slope(
+        sizes, [r['peak_rss_pipeline'] for r in results])}
+    return {'rows': rows, 'slopes': slopes}
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return 'n/a'
+    if isinstance(v, float):
+        return f'{v:.{digits}f}'
+    return str(v)
+
+
+def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
+    lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; "
+             f"{meta['threads']} threads; k={meta['k']}, P={meta['P']}, "
+             f"{meta['views']} views of width {meta['dim']}.", '',
+             '### Time (s) per stage, forward and backward', '',
+             '| N | |E| | paths | ' + ' | '.join(STAGES) + ' |',
+             '|---' * (len(STAGES) + 3) + '|']
+    for r in results:
+        lines.append(f"| {r['N']} | {r['E']} | {r['paths']} | " +
+                     ' | '.join(fmt(r['time'][s], 3) for s in STAGES) + ' |')
+    lines += ['', '### Peak memory growth (MiB) per stage', '',
+              '| N | ' + ' | '.join(STAGES) + ' | process peak (pipeline) |',
+              '|---' * (len(STAGES) + 2) + '|']
+    for r in results:
+        lines.append(f"| {r['N']} | " + ' | '.join(
+            fmt(r['mem'][s] / 2**20, 1) for s in STAGES) +
+            f" | {fmt(r['peak_rss_pipeline'] / 2**20, 0)} |")
+    keys = [k for k in summary['rows'][0] if k not in ('N', 'E', 'paths')]
+    lines += ['', '### Ratios against baselines measured in the same process',
+              '', '| N | ' + ' | '.join(keys) + ' |',
+              '|---' * (len(keys) + 1) + '|']
+    for row in summary['rows']:
+        lines.append(f"| {row['N']} | " + ' | '.join(fmt(row[k])
+                                                    for k in keys) + ' |')
+    lines += ['', '### Fitted log-log slopes against N', '',
+              '| stage | time | memory |', '|---|---|---|']
+    for s, v in summary['slopes'].items():
+        lines.append(f"| {s} | {fmt(v.get('time'))} | {fmt(v.get('mem'))} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot(results: List[Dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    sizes = [r['N'] for r in results]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for s in STAGES:
+        ax_t.plot(sizes, [r['time'][s] for r in results], 'o-', label=s)
+        ax_m.plot(sizes, [max(r['mem'][s], 1) / 2**20 for r in results],
+                  'o-', label=s)
+    ax_m.plot(sizes, [r['peak_rss_pipeline'] / 2**20 for r in results],
+              'k--', label='process peak (pipeline)')
+    for ax, title in ((ax_t, 'time (s)'), (ax_m, 'peak memory growth (MiB)')):
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('N (nodes)')
+        ax.set_title(title)
+        ax.grid(True, which='both', alpha=0.3)
+    ax_m.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--sizes', type=int, nargs='+',
+                   default=[2000, 4000, 8000, 16000])
+    p.add_argument('--k', type=int, default=16)
+    p.add_argument('--P', type=int, default=3)
+    p.add_argument('--views', type=int, default=3)
+    p.add_argument('--dim', type=int, default=128)
+    p.add_argument('--backend', default='auto')
+    p.add_argument('--dense-bytes', type=float, default=4 * 2**30,
+                   help='run the dense and SciPy baselines while their '
+                        'estimated memory stays below this')
+    p.add_argument('--out', default=os.path.join(HERE, 'results'))
+    p.add_argument('--progress', action='store_true')
+    p.add_argument('--large', action='store_true',
+                   help='the N = 1,000,000 target run (long)')
+    p.add_argument('--large-n', type=int, default=1_000_000)
+    p.add_argument('--large-cache', default='/tmp/pyg_lego_large_graph.pt')
+    p.add_argument('--path-budget', type=int, default=2 * 2**30)
+    p.add_argument('--worker', type=int, help=argparse.SUPPRESS)
+    p.add_argument('--worker-large', action='store_true',
+                   help=argparse.SUPPRESS)
+    p.add_argument('--mode', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(measure_size(args.worker, args)))
+        return
+    if args.worker_large:
+        print(json.dumps(measure_large_mode(args) if args.mode
+                         else measure_large(args)))
+        return
+
+    import torch
+    os.makedirs(args.out, exist_ok=True)
+    meta = {'machine': f'{platform.processor() or platform.machine()}, '
+                       f'{os.cpu_count()} cores ({platform.node()})',
+            'torch': torch.__version__, 'threads': torch.get_num_threads(),
+            'k': args.k, 'P': args.P, 'views': args.views, 'dim': args.dim}
+    common = ['--k', str(args.k), '--P', str(args.P), '--views',
+              str(args.views), '--dim', str(args.dim), '--backend',
+              args.backend]
+    if args.large:
+        out = {'meta': meta}
+        out['build'] = subprocess_json(common + ['--worker-large',
+                                                 '--large-n',
+                                                 str(args.large_n),
+                                                 '--large-cache',
+                                                 args.large_cache], 7200)
+        print(out['build'], flush=True)
+        for mode in ('elementwise', 'propagated', 'masked'):
+            out[mode] = subprocess_json(
+                common + ['--worker-large', '--mode', mode, '--large-cache',
+                          args.large_cache, '--path-budget',
+                          str(args.path_budget)], 7200)
+            print(out[mode], flush=True)
+        with open(os.path.join(args.out, 'large.json'), 'w') as f:
+            json.dump(out, f, indent=1)
+        return
+
+    results = []
+    for n in args.sizes:
+        t = time.perf_counter()
+        r = subprocess_json(common + ['--worker', str(n), '--dense-bytes',
+                                      str(args.dense_bytes)], 3600)
+        results.append(r)
+        print(f"N={n}: {time.perf_counter() - t:.1f}s, E={r['E']}, "
+              f"paths={r['paths']}", flush=True)
+    summary = summarize(results)
+    with open(os.path.join(args.out, 'scale.json'), 'w') as f:
+        json.dump({'meta': meta, 'results': results, 'summary': summary}, f,
+                  indent=1)
+    md = markdown(results, summary, meta)
+    with open(os.path.join(args.out, 'scale.md'), 'w') as f:
+        f.write(md)
+    plot(results, os.path.join(args.out, 'scale.png'))
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
