@@ -64,6 +64,46 @@ def test_two_processes_agree_with_one(tmp_path, monkeypatch):
                    for n in os.listdir(tmp_path / 'two'))
 
 
+VAD_ARGS = ['vad', '--num-train', '24', '--num-test', '12', '--T', '16',
+            '--epochs', '2', '--batch-size', '8', '--lr', '0.01']
+
+
+def test_video_anomaly_model_two_processes_agree_with_one(tmp_path,
+                                                          monkeypatch):
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        monkeypatch.delenv(var, raising=False)
+    one = distributed.run_vad(distributed.parse_args(
+        VAD_ARGS + ['--out', str(tmp_path / 'one')]))
+    proc = torchrun(2, VAD_ARGS + ['--out', str(tmp_path / 'two')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s1 = torch.load(tmp_path / 'one' / 'vad.pt', weights_only=False)
+    s2 = torch.load(tmp_path / 'two' / 'vad.pt', weights_only=False)
+    # The checkpoint is a pyg_lego.vad.train one: it rebuilds the model.
+    from pyg_lego.vad.train import (TrainConfig, make_model,
+                                    model_from_checkpoint)
+    model = model_from_checkpoint(s2)
+    init = make_model(TrainConfig.from_dict(s1['config'])).state_dict()
+    moved = False
+    for key, value in model.state_dict().items():
+        assert torch.allclose(s1['model'][key], value, atol=1e-6), key
+        moved |= not torch.allclose(init[key], value)
+    assert moved, 'training did not change the weights'
+    assert one['world_size'] == 1
+
+
+def test_degree_regulariser_is_refused_under_ddp():
+    from pyg_lego.vad.train import TrainConfig
+
+    class Wrapper(torch.nn.Module):  # stands in for DDP: has .module
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Linear(1, 1)
+
+    config = TrainConfig(views=['a'], dims={'a': 1}, degree_weight=0.1)
+    with pytest.raises(ValueError, match='degree-variance'):
+        distributed.train_vad(Wrapper(), [], config)
+
+
 def test_setup_without_torchrun_is_a_single_process(monkeypatch):
     for var in ('RANK', 'WORLD_SIZE'):
         monkeypatch.delenv(var, raising=False)

@@ -2,16 +2,20 @@ r"""Multi-process data-parallel training with
 :class:`~torch.nn.parallel.DistributedDataParallel`, started by
 :obj:`torchrun`.
 
-Every process holds the whole fused graph and trains on its share of each
-global batch of seed nodes (:func:`~pyg_lego.training.epoch_seeds`); DDP
-averages the gradients, so :math:`W` processes with :obj:`batch_size // W`
-seeds each take the steps that one process takes with :obj:`batch_size`.
+Every process holds the whole fused graph (or every video) and trains on its
+share of each global batch of seed nodes (videos), drawn by
+:func:`~pyg_lego.training.epoch_seeds`; DDP averages the gradients, so
+:math:`W` processes with :obj:`batch_size // W` seeds each take the steps
+that one process takes with :obj:`batch_size`, whenever the loss is a mean
+over seeds (cross entropy; the video model's top-:math:`k` MIL loss). The
+ranking loss compares videos within a batch, so with it each process
+optimises its own share; the degree-variance term is not supported here.
 The backend is :obj:`gloo` on CPU and :obj:`nccl` on GPU (one GPU per
 process, :obj:`LOCAL_RANK`).
 
 Run::
 
-    # one process
+    # one process (gnn: large-graph GNN; vad: the video-anomaly model)
     python -m pyg_lego.training.distributed gnn --nodes 3000 --out runs/gnn
     # two CPU processes (gloo)
     torchrun --nproc_per_node=2 -m pyg_lego.training.distributed gnn \
@@ -117,6 +121,48 @@ def train_gnn(model: torch.nn.Module, data: Data, train_nodes: torch.Tensor,
     return losses
 
 
+def train_vad(model: torch.nn.Module, train_set, config, rank: int = 0,
+              world_size: int = 1, device: Optional[torch.device] = None,
+              progress: bool = False) -> List[float]:
+    r"""Trains a video-anomaly model (plain or DDP-wrapped) with the loss
+    of :class:`~pyg_lego.vad.train.TrainConfig`: each process takes its
+    :obj:`config.batch_size // world_size` share of every global batch of
+    videos. Returns this process's mean loss per epoch."""
+    from torch.utils.data import Subset
+    from torch_geometric.loader import DataLoader
+
+    from pyg_lego.vad.train import _loss
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    if config.degree_weight and model is not getattr(model, 'module', model):
+        # The regulariser reads the fused graph through LEGOVAD's own
+        # method, which would bypass DDP's gradient hooks.
+        raise ValueError("the degree-variance regulariser is not supported "
+                         "in data-parallel training; set degree_weight=0")
+    history = []
+    epochs = range(config.epochs)
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc='train vad', unit='epoch')
+    for epoch in epochs:
+        ids = epoch_seeds(torch.arange(len(train_set)), config.batch_size,
+                          epoch, config.seed, rank, world_size)
+        loader = DataLoader(Subset(train_set, ids.tolist()),
+                            batch_size=config.batch_size // world_size)
+        model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch = batch.to(device) if device is not None else batch
+            optimizer.zero_grad()
+            loss = _loss(model, batch, config)  # calls the DDP wrapper
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * batch.num_graphs
+            count += batch.num_graphs
+        history.append(total / count)
+    return history
+
+
 def synthetic_gnn_data(num_nodes: int, k: int, P: int, mode: str,
                        seed: int) -> Data:
     r"""The example's fused graph: :func:`~pyg_lego.training.planted_views`
@@ -168,6 +214,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     gnn.add_argument('--backend', choices=['gloo', 'nccl'], default=None)
     gnn.add_argument('--out', required=True, help='output folder')
     gnn.add_argument('--progress', action='store_true')
+    vad = sub.add_parser('vad', help="the video-anomaly model (LEGO + "
+                         "graph-space head) on the synthetic benchmark")
+    vad.add_argument('--num-train', type=int, default=200)
+    vad.add_argument('--num-test', type=int, default=100)
+    vad.add_argument('--data-seed', type=int, default=0)
+    vad.add_argument('--T', type=int, default=32)
+    vad.add_argument('--k', type=int, default=8)
+    vad.add_argument('--P', type=int, default=2)
+    vad.add_argument('--mode', default='masked')
+    vad.add_argument('--fusion', default='polynomial')
+    vad.add_argument('--loss', choices=['topk', 'ranking'], default='topk')
+    vad.add_argument('--epochs', type=int, default=10)
+    vad.add_argument('--batch-size', type=int, default=32,
+                     help='global batch of videos (split between processes)')
+    vad.add_argument('--lr', type=float, default=1e-3)
+    vad.add_argument('--seed', type=int, default=0)
+    vad.add_argument('--backend', choices=['gloo', 'nccl'], default=None)
+    vad.add_argument('--out', required=True, help='output folder')
+    vad.add_argument('--progress', action='store_true')
     return parser.parse_args(argv)
 
 
@@ -224,10 +289,58 @@ def run_gnn(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_vad(args: argparse.Namespace) -> dict:
+    from dataclasses import asdict
+
+    from pyg_lego.vad.synthetic import make_synthetic
+    from pyg_lego.vad.train import (TrainConfig, evaluate, make_model,
+                                    seed_everything)
+    from pyg_lego.vad.video import VideoGraphDataset
+    rank, world_size, device = setup(args.backend)
+    try:
+        train_videos, test_videos = make_synthetic(
+            args.num_train, args.num_test, seed=args.data_seed)
+        views = list(train_videos[0].views)
+        dims = {v: int(train_videos[0].views[v].shape[1]) for v in views}
+        config = TrainConfig(model='lego', views=views, dims=dims, T=args.T,
+                             P=args.P, mode=args.mode, fusion=args.fusion,
+                             loss=args.loss, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr,
+                             seed=args.seed, device=str(device))
+        train_set = VideoGraphDataset(train_videos, T=args.T, k=args.k,
+                                      view_names=views)
+        seed_everything(config.seed)
+        model = make_model(config)
+        ddp = wrap(model, device)
+        losses = train_vad(ddp, train_set, config, rank, world_size, device,
+                           args.progress)
+        result = dict(world_size=world_size, losses=losses)
+        if rank == 0:
+            test_set = VideoGraphDataset(test_videos, T=args.T, k=args.k,
+                                         view_names=views)
+            model = model.cpu()
+            metrics = evaluate(model, test_set)
+            result.update(auc=metrics['auc'], ap=metrics['ap'])
+            os.makedirs(args.out, exist_ok=True)
+            # The layout of pyg_lego.vad.train checkpoints, so that
+            # `pyg-lego vad eval --checkpoint` reads it.
+            save_atomic({'model': model.state_dict(),
+                         'config': dict(asdict(config), device='cpu'),
+                         'epoch': config.epochs, 'history': losses},
+                        os.path.join(args.out, 'vad.pt'))
+            with open(os.path.join(args.out, 'vad.json'), 'w') as f:
+                json.dump(result, f, indent=2)
+            print(json.dumps(result))
+    except BaseException:
+        cleanup(barrier=False)
+        raise
+    cleanup()
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    if args.task == 'gnn':
-        run_gnn(args)
+    {'gnn': run_gnn, 'vad': run_vad}[args.task](args)
     return 0
 
 
