@@ -1,6 +1,5 @@
 r"""Every notebook in notebooks/ runs in the small setting, in a kernel that
 is this environment's Python."""
-import os
 import sys
 from pathlib import Path
 

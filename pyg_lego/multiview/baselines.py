@@ -1,7 +1,7 @@
 r"""The graphs and models that LEGO is compared with: kNN graphs of one view
 or of all views concatenated, given graphs, the mean of several graphs'
 normalised adjacencies, label propagation, an MLP and the usual PyG GNNs."""
-from typing import List, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -182,7 +182,3 @@ def label_propagation(y: Tensor, train_index: Tensor, graph: Graph,
                      add_self_loops=False)
     return model(y, ei, mask=train_index, edge_weight=w)
 
-
-def view_graphs(features: Sequence[Tensor], k: int) -> List[Graph]:
-    r"""One kNN graph per feature view."""
-    return [knn_graph(x, k) for x in features]
