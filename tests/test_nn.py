@@ -172,3 +172,13 @@ def test_dense_blocks_equal_path_message_passing():
     loopless = build_relation_graph(random_views(6, [4, 3]), k=5,
                                     self_loops=False)
     assert complete_block_size(loopless.edge_index, 6) is None
+
+
+def test_lego_memory_budget_streams_the_masked_power(data):
+    data = data.clone()
+    data.edge_attr = data.edge_attr.double()
+    stored = LEGO(data.view_names, P=3).double()
+    streamed = LEGO(data.view_names, P=3, memory_budget=0).double()
+    streamed.load_state_dict(stored.state_dict())
+    assert streamed.expansion.memory_budget == 0
+    assert torch.allclose(stored.fuse(data), streamed.fuse(data), atol=1e-12)

@@ -1,3 +1,4 @@
+from pyg_lego.data.backends import knn_recall, knn_search
 from pyg_lego.data.knn import exact_knn
 from pyg_lego.data.relation import (GivenGraph, RelationData,
                                     build_relation_graph, knn_pattern,
@@ -11,4 +12,6 @@ __all__ = [
     'relation_scores',
     'view_features',
     'exact_knn',
+    'knn_search',
+    'knn_recall',
 ]

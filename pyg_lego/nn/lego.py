@@ -6,7 +6,7 @@ from torch_geometric.data import Data
 
 from pyg_lego.data.relation import view_features
 from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
-from pyg_lego.nn.graph_power import GraphPowerConv
+from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET, GraphPowerConv
 
 
 class LEGO(torch.nn.Module):
@@ -43,6 +43,9 @@ class LEGO(torch.nn.Module):
         gamma (float, optional): RBF bandwidth (propagated mode).
         cached (bool, optional): Cache the two-step-path index (one fixed
             graph). (default: :obj:`False`)
+        memory_budget (int, optional): Bytes the masked power may spend on
+            stored two-step paths before it streams them, see
+            :class:`GraphPowerConv`. (default: 2 GiB)
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, relation scores
@@ -56,7 +59,8 @@ class LEGO(torch.nn.Module):
                  out_channels: int = 1, rank: Optional[int] = None,
                  order0: str = 'self', similarity: str = 'cosine',
                  score_map: str = 'auto', gamma: Optional[float] = None,
-                 cached: bool = False):
+                 cached: bool = False,
+                 memory_budget: Optional[int] = DEFAULT_PATH_BUDGET):
         super().__init__()
         if isinstance(view_names, str) or len(view_names) == 0:
             raise ValueError("view_names must be a non-empty list of names")
@@ -64,7 +68,8 @@ class LEGO(torch.nn.Module):
         self.expansion = GraphPowerConv(P, mode=mode, order0=order0,
                                         similarity=similarity,
                                         score_map=score_map, gamma=gamma,
-                                        cached=cached)
+                                        cached=cached,
+                                        memory_budget=memory_budget)
         self.fusion = LEGOFusion(len(self.view_names), P,
                                  out_channels=out_channels, kind=fusion,
                                  rank=rank, view_names=self.view_names)
