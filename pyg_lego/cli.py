@@ -140,7 +140,8 @@ def _add_model(p: argparse.ArgumentParser, default_epochs: int) -> None:
     g.add_argument('--fusion', choices=('polynomial', 'linear'),
                    default='polynomial', help='LEGO fusion kind')
     g.add_argument('--mode', choices=('elementwise', 'masked', 'propagated'),
-                   default='masked', help='LEGO expansion mode')
+                   default='elementwise',
+                   help='LEGO expansion mode (default: elementwise)')
     g.add_argument('-P', type=_non_negative_int, default=2,
                    help='highest order of the expansion (default: 2)')
     g.add_argument('--channels', type=_positive_int, default=1,
@@ -207,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(demo, default_epochs=DEMO_EPOCHS)
     demo.add_argument('--models', type=_names,
                       help='comma-separated models (default: all)')
-    demo.add_argument('--seeds', type=_positive_int, default=3,
-                      help='seeds per model (default: 3)')
+    demo.add_argument('--seeds', type=_positive_int, default=5,
+                      help='seeds per model (default: 5)')
     demo.add_argument('--num-train', type=_positive_int, default=200)
     demo.add_argument('--num-test', type=_positive_int, default=100)
     demo.add_argument('--data-seed', type=_non_negative_int, default=0)

@@ -70,7 +70,7 @@ def test_dense_fast_path_equals_sparse_lego(views, fusion, P):
 def test_fast_path_is_skipped_for_non_grid_graphs():
     ds = VideoGraphDataset(tiny_videos(3), T=None, k=3)
     batch = next(iter(DataLoader(ds, batch_size=3)))
-    model = LEGOVAD(VIEWS, T=32, P=2)
+    model = LEGOVAD(VIEWS, T=32, P=2, mode='masked')
     assert not model._is_grid(batch)
     assert model(batch).shape == (batch.num_nodes,)
 

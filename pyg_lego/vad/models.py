@@ -84,7 +84,12 @@ class LEGOVAD(torch.nn.Module):
         view_names (list of str): The views, in the graph's order.
         T (int): Snippets per video :math:`N` (the head's input width).
         P (int, optional): Highest order. (default: :obj:`2`)
-        mode (str, optional): Expansion mode. (default: :obj:`"masked"`)
+        mode (str, optional): Expansion mode. The element-wise powers (the
+            paper's multilinear reading) are the default here: the masked
+            powers of a complete :math:`T`-graph are normalised to about
+            :math:`1 / T` per entry, so their cross-view products are tiny
+            next to the order-0 diagonal and the head barely sees the
+            relations. (default: :obj:`"elementwise"`)
         fusion (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
             (default: :obj:`"polynomial"`)
         channels (int, optional): Fused graphs :math:`C`. (default: :obj:`1`)
@@ -99,7 +104,7 @@ class LEGOVAD(torch.nn.Module):
     """
 
     def __init__(self, view_names: Sequence[str], T: int, P: int = 2,
-                 mode: str = 'masked', fusion: str = 'polynomial',
+                 mode: str = 'elementwise', fusion: str = 'polynomial',
                  channels: int = 1, rank: Optional[int] = None,
                  hidden: Optional[int] = None, dropout: float = 0.0,
                  dims: Optional[Mapping[str, int]] = None,

@@ -53,7 +53,7 @@ class TrainConfig:
     dims: Dict[str, int] = field(default_factory=dict)
     T: Optional[int] = 32
     P: int = 2
-    mode: str = 'masked'
+    mode: str = 'elementwise'
     fusion: str = 'polynomial'
     channels: int = 1
     feature_channels: int = 0
