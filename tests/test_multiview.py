@@ -250,3 +250,21 @@ def test_suites_small(monkeypatch):
     assert 'given_graphs' in md and 'friends' in md
     with pytest.raises(ValueError, match='unknown suite'):
         run_suite('nope', small=True)
+
+
+def test_figures():
+    pytest.importorskip('matplotlib')
+    from pyg_lego.multiview.figures import adjacency_figure, summary_figure
+    summary = {'a': {2: (0.8, 0.01), 5: (0.9, 0.02)}, 'b': {2: (0.7, 0.0)}}
+    fig = summary_figure(summary)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4  # 2 methods x 2 rates; the missing one is NaN
+    assert [t.get_text() for t in ax.get_yticklabels()] == ['a', 'b']
+    y = torch.tensor([0, 1, 0, 1])
+    ei = torch.tensor([[0, 0, 1, 2], [2, 0, 3, 0]])
+    fig = adjacency_figure({'g': (ei, torch.ones(4)),
+                            'h': (ei, torch.full((4, ), 2.0))}, y, range(4))
+    assert len(fig.axes) == 2
+    img = fig.axes[0].images[0].get_array()
+    # sorted by class: nodes 0, 2 (class 0) then 1, 3; self-loops hidden
+    assert img[0, 1] == 1 and img[2, 3] == 1 and img[0, 0] == 0
