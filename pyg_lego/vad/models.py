@@ -139,42 +139,10 @@ class LEGOVAD(torch.nn.Module):
             self.project.reset_parameters()
 
     def fuse(self, batch: Data) -> Tensor:
-        r"""The fused graph :math:`(|\mathcal{E}|, C)` of a mini-batch.
-
-        When every video is a complete graph of :math:`T` snippets with
-        self-loops (coalesced, so its edges are the row-major :math:`T \times
-        T` grid) and the mode is :obj:`"masked"`, the matrix powers run as
-        batched dense products, which on such small graphs is far faster
-        than the sparse two-step-path kernel and gives the same result
-        (tested); otherwise the sparse path runs."""
-        if not self._is_grid(batch):
-            return self.lego.fuse(batch)
-        names = _batch_views(batch)
-        if names != self.view_names:
-            raise ValueError(f"the graph has views {names} but the model "
-                             f"was built for {self.view_names}")
-        r = batch.edge_attr.view(-1, self.T, self.T, len(self.view_names))
-        powers = _dense_masked_powers(r.movedim(-1, 1), self.lego.P)
-        # [B, M, P+1, T, T] -> [B * T * T, M, P+1], the edges' order.
-        powers = powers.permute(0, 3, 4, 1, 2).reshape(
-            -1, len(self.view_names), self.lego.P + 1)
-        return self.lego.fusion(powers)
-
-    def _is_grid(self, batch: Data) -> bool:
-        if self.lego.mode != 'masked':
-            return False
-        index = _batch_vector(batch)
-        num_graphs = int(index[-1]) + 1 if index.numel() else 0
-        T = self.T
-        if batch.num_nodes != num_graphs * T or \
-                batch.edge_index.size(1) != num_graphs * T * T:
-            return False
-        local = torch.arange(T, device=index.device)
-        expect = torch.stack([local.repeat_interleave(T), local.repeat(T)])
-        offset = (torch.arange(num_graphs, device=index.device) *
-                  T).repeat_interleave(T * T)
-        return torch.equal(batch.edge_index - offset,
-                           expect.repeat(1, num_graphs))
+        r"""The fused graph :math:`(|\mathcal{E}|, C)` of a mini-batch (the
+        masked power of equal complete graphs runs as batched dense
+        products inside :class:`~pyg_lego.nn.GraphPowerConv`)."""
+        return self.lego.fuse(batch)
 
     def forward_with_graph(self, batch: Data) -> Tuple[Tensor, Tensor]:
         r"""Snippet logits :math:`(|\mathcal{V}|,)` and the fused graph
@@ -208,23 +176,6 @@ class LEGOVAD(torch.nn.Module):
         return (f'{self.__class__.__name__}(views={self.view_names}, '
                 f'T={self.T}, P={self.lego.P}, mode={self.lego.mode!r}, '
                 f'fusion={self.lego.fusion.kind!r}{extra})')
-
-
-def _dense_masked_powers(r: Tensor, P: int) -> Tensor:
-    r"""Masked matrix powers :math:`0..P` of complete graphs with
-    self-loops, :math:`(B, M, T, T) \to (B, M, P + 1, T, T)`, as
-    :class:`~pyg_lego.nn.GraphPowerConv` computes them on the pattern."""
-    T = r.size(-1)
-    orders = [torch.eye(T, dtype=r.dtype, device=r.device).expand_as(r)]
-    if P >= 1:
-        deg = r.sum(dim=-1)
-        dinv = torch.where(deg > 0, deg.clamp_min(
-            torch.finfo(deg.dtype).tiny).rsqrt(), torch.zeros_like(deg))
-        a = dinv.unsqueeze(-1) * r * dinv.unsqueeze(-2)
-        orders.append(a)
-        for _ in range(2, P + 1):
-            orders.append(orders[-1] @ a)
-    return torch.stack(orders, dim=2)
 
 
 class SingleView(torch.nn.Module):
