@@ -15,7 +15,8 @@ from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
 from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges
 from pyg_lego.data.similarity import (apply_score_map, check_similarity,
                                       edge_similarity, resolve_score_map)
-from pyg_lego.data.validation import (check_features, check_finite, check_k,
+from pyg_lego.data.validation import (check_edge_index, check_features,
+                                      check_finite, check_gamma, check_k,
                                       check_same_device, zero_norm_rows)
 
 
@@ -228,6 +229,8 @@ def relation_scores(views: Mapping[str, View], edge_index: Tensor,
         :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`.
     """
     num_nodes = _validate(views, num_nodes, similarity, 'error')
+    check_edge_index(edge_index, num_nodes)
+    check_gamma(gamma)
     return _scores(views, edge_index, similarity, score_map, gamma, num_nodes)
 
 
@@ -359,6 +362,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     check_backend(backend)
     num_nodes = _validate(views, num_nodes, similarity, zero_rows)
     score_map = resolve_score_map(score_map, similarity)
+    check_gamma(gamma)
     n_id = None
     if similarity == 'cosine' and zero_rows == 'drop':
         zero = torch.zeros(num_nodes, dtype=torch.bool)

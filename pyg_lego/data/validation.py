@@ -49,6 +49,31 @@ def check_finite(name: str, x: Tensor) -> Tensor:
     return x
 
 
+def check_edge_index(edge_index: Any, num_nodes: Optional[int] = None,
+                     what: str = 'edge_index') -> Tensor:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor [2, E], got "
+                        f"{type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"{what} must have shape [2, E], got "
+                         f"{list(edge_index.shape)}")
+    if edge_index.dtype != torch.long:
+        raise TypeError(f"{what} has dtype {edge_index.dtype}; it must be "
+                        f"torch.long")
+    if num_nodes is not None and edge_index.numel() > 0:
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(f"{what} refers to node {lo if lo < 0 else hi} "
+                             f"but there are only {num_nodes} nodes")
+    return edge_index
+
+
+def check_gamma(gamma: Any) -> None:
+    if gamma is not None and not float(gamma) > 0:
+        raise ValueError(f"gamma (the RBF bandwidth) must be > 0, got "
+                         f"{gamma!r}")
+
+
 def zero_norm_rows(x: Tensor) -> Tensor:
     return (x.detach().abs().sum(-1) == 0).nonzero().view(-1)
 

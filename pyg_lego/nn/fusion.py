@@ -137,6 +137,10 @@ class LEGOFusion(torch.nn.Module):
             raise ValueError(f"expected input [|E|, {self.num_views}, "
                              f"{self.P + 1}] (views, orders), got "
                              f"{list(x.shape)}")
+        if not x.is_floating_point():
+            # Casting the weights to an integer type would truncate them.
+            raise TypeError(f"expected floating-point relation scores, got "
+                            f"{x.dtype}")
         w = self.weight.to(x.dtype)
         if self.kind == 'linear':
             return torch.einsum('emp,cmp->ec', x, w)

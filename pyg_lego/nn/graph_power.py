@@ -7,7 +7,7 @@ from torch_geometric.nn.conv import MessagePassing
 from pyg_lego.data.similarity import (check_similarity, default_gamma,
                                       edge_similarity, prepare,
                                       resolve_score_map)
-from pyg_lego.data.validation import check_order
+from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn.norm import relation_norm
 from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
 
@@ -171,12 +171,10 @@ class GraphPowerConv(MessagePassing):
             _assert_coalesced(edge_index, num_nodes)
             inverse = None
         else:
-            if edge_index.numel() > 0 and (int(edge_index.max()) >= num_nodes
-                                           or int(edge_index.min()) < 0):
-                bad = int(edge_index.min()) if int(edge_index.min()) < 0 \
-                    else int(edge_index.max())
-                raise ValueError(f"edge_index refers to node {bad} but there "
-                                 f"are only {num_nodes} nodes")
+            check_edge_index(edge_index, num_nodes)
+            if not bool(torch.isfinite(edge_attr).all()):
+                raise ValueError("edge_attr (the relation scores) contains "
+                                 "NaN or Inf")
             edge_index, edge_attr, inverse = _coalesce(edge_index, edge_attr,
                                                        num_nodes)
         if self.mode == 'elementwise':
@@ -213,6 +211,9 @@ class GraphPowerConv(MessagePassing):
                              f"{list(edge_attr.shape)}")
         if not edge_attr.is_floating_point():
             raise TypeError("edge_attr must be floating point")
+        if edge_index.dtype != torch.long:
+            raise TypeError(f"edge_index has dtype {edge_index.dtype}; it "
+                            f"must be torch.long")
         return edge_index, edge_attr
 
     def _check_xs(self, xs, num_views: int,
@@ -227,6 +228,9 @@ class GraphPowerConv(MessagePassing):
                                  f"the propagated mode needs features for "
                                  f"every view (use mode='masked' or "
                                  f"'elementwise')")
+            if not x.is_floating_point():
+                raise TypeError(f"view {m} has features of dtype {x.dtype}; "
+                                f"they must be floating point")
             if x.dim() != 2 or x.size(0) != xs[0].size(0):
                 raise ValueError(f"view {m} has features of shape "
                                  f"{list(x.shape)}; all views need [N, d_m] "

@@ -4,6 +4,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from pyg_lego.data.validation import check_edge_index
+
 #: Default number of candidate paths examined at once.
 DEFAULT_PATH_CHUNK = 1 << 22
 
@@ -104,6 +106,7 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
     more paths, the enumeration stops early and returns :obj:`None` (the
     caller then streams the paths instead of storing them).
     """
+    check_edge_index(edge_index)
     num_edges = edge_index.size(1)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if num_edges > 0 else 0
