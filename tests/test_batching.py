@@ -44,7 +44,8 @@ def test_heads_on_a_batch_equal_one_by_one():
     graphs = [build_relation_graph(random_views(n, [4, 4], seed=n), k=n - 1)
               for n in (8, 8, 5)]
     model = LEGO(['v0', 'v1'], P=2, out_channels=2).double()
-    head = GraphSpaceHead(num_nodes=8, channels=2).double()
+    # eval(): batch norm then uses its running statistics, not the batch's.
+    head = GraphSpaceHead(num_nodes=8, channels=2).double().eval()
     batch = next(iter(DataLoader(graphs, batch_size=3)))
     scores = head(model.fuse(batch), batch.edge_index, batch.batch)
     assert scores.shape == (21,)

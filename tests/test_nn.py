@@ -182,3 +182,23 @@ def test_lego_memory_budget_streams_the_masked_power(data):
     streamed.load_state_dict(stored.state_dict())
     assert streamed.expansion.memory_budget == 0
     assert torch.allclose(stored.fuse(data), streamed.fuse(data), atol=1e-12)
+
+
+def test_graph_space_head_norm():
+    from pyg_lego.nn import GraphSpaceHead
+    head = GraphSpaceHead(6, channels=2)
+    assert repr(head) == ('GraphSpaceHead(num_nodes=6, channels=2, '
+                          'hidden_channels=6, norm=True)')
+    graph = build_relation_graph(random_views(6, [3, 3]), k=5)
+    fused = LEGO(['v0', 'v1'], out_channels=2).double().fuse(graph).float()
+    # Fused weights in a narrow band reach the first layer standardised.
+    seen = {}
+    head.lin1.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    head(fused, graph.edge_index)
+    assert torch.allclose(seen['x'].mean(0), torch.zeros(12), atol=1e-5)
+    plain = GraphSpaceHead(6, channels=2, norm=False)
+    plain.lin1.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    plain(fused, graph.edge_index)
+    assert seen['x'].mean(0).abs().min() > 0.01
+    with pytest.raises(ValueError, match='batch norm needs at least 2 nodes'):
+        head(torch.rand(1, 2), torch.zeros(2, 1, dtype=torch.long))
