@@ -83,15 +83,72 @@ def cleanup(barrier: bool = True) -> None:
         dist.destroy_process_group()
 
 
+class SyncBatchNorm1d(torch.nn.BatchNorm1d):
+    r"""A :class:`~torch.nn.BatchNorm1d` whose training statistics span the
+    batches of all processes, on any backend (PyTorch's
+    :class:`~torch.nn.SyncBatchNorm` needs GPUs): with it, :math:`W`
+    processes normalise like one process with the global batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        count = torch.tensor(float(x.size(0)), dtype=x.dtype,
+                             device=x.device)
+        dist.all_reduce(count)
+        mean = _all_reduce(x.sum(dim=0)) / count
+        var = _all_reduce(((x - mean)**2).sum(dim=0)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.lerp_(mean, m)
+                self.running_var.lerp_(unbiased, m)
+                self.num_batches_tracked += 1
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    r"""Differentiable sum over processes (its backward sums the gradients
+    likewise)."""
+    import warnings
+
+    from torch.distributed.nn.functional import all_reduce
+    with warnings.catch_warnings():
+        # Deprecated in favour of the functional collectives, which have no
+        # autograd support on gloo.
+        warnings.simplefilter('ignore', FutureWarning)
+        return all_reduce(x)
+
+
+def sync_batch_norm(module: torch.nn.Module) -> torch.nn.Module:
+    r"""Replaces every :class:`~torch.nn.BatchNorm1d` of :obj:`module` by a
+    :class:`SyncBatchNorm1d` with the same state."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm1d:
+            sync = SyncBatchNorm1d(child.num_features, child.eps,
+                                   child.momentum, child.affine,
+                                   child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync.to(next(child.buffers()).device)
+                    if list(child.buffers()) else sync)
+        else:
+            sync_batch_norm(child)
+    return module
+
+
 def wrap(model: torch.nn.Module,
          device: torch.device) -> torch.nn.Module:
     r"""The model on :obj:`device`, wrapped in
     :class:`~torch.nn.parallel.DistributedDataParallel` when a process group
-    exists (DDP broadcasts rank 0's parameters to all processes)."""
+    exists (DDP broadcasts rank 0's parameters to all processes). Batch
+    norms are synchronised across processes (in place, so :obj:`model`
+    keeps the state dict keys of the original)."""
     model = model.to(device)
     if not (dist.is_available() and dist.is_initialized()):
         return model
     from torch.nn.parallel import DistributedDataParallel
+    sync_batch_norm(model)
     ids = [device.index] if device.type == 'cuda' else None
     return DistributedDataParallel(model, device_ids=ids)
 
