@@ -8,7 +8,8 @@ from pyg_lego import LEGO, GivenGraph, build_relation_graph
 
 
 class LargestTensor(TorchDispatchMode):
-    r"""Records the largest number of elements of any tensor an op returns."""
+    r"""Records the largest number of elements of any dense tensor an op
+    returns."""
 
     def __init__(self):
         super().__init__()
@@ -17,7 +18,8 @@ class LargestTensor(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            # A sparse tensor's numel is its logical size, not its storage.
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
                 self.largest = max(self.largest, t.numel())
         return out
 

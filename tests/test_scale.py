@@ -90,7 +90,11 @@ def test_path_plan_chunks_cover_every_path_once(compact):
         if hit is not None:
             first, second, closing = first[hit], second[hit], closing[hit]
         parts.append(torch.stack([first, second, closing]))
-    assert torch.equal(torch.cat(parts, 1), paths)
+    streamed = torch.cat(parts, 1)
+    # The stored index is the same paths, sorted by closing edge.
+    order = torch.sort(streamed[2], stable=True).indices
+    assert torch.equal(streamed[:, order], paths)
+    assert bool((paths[2, 1:] >= paths[2, :-1]).all())
     with pytest.raises(ValueError, match='chunk_size'):
         PathPlan(data.edge_index, data.num_nodes, chunk_size=0)
 
@@ -158,3 +162,20 @@ def test_streamed_on_cuda_equals_cpu():
     (out * weight.cuda()).sum().backward()
     assert torch.allclose(out.cpu(), cpu, atol=1e-12)
     assert torch.allclose(attr.grad.cpu(), cpu_attr.grad, atol=1e-12)
+
+
+def test_masked_power_accepts_a_path_index_in_any_order():
+    _, data = graph()
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
+    shuffled = paths[:, torch.randperm(paths.size(1))]
+    conv = GraphPowerConv(3)
+    attr = data.edge_attr.clone().requires_grad_(True)
+    out = conv(data.edge_index, attr, num_nodes=data.num_nodes,
+               path_index=paths)
+    grad, = torch.autograd.grad(out.square().sum(), attr)
+    attr2 = data.edge_attr.clone().requires_grad_(True)
+    out2 = conv(data.edge_index, attr2, num_nodes=data.num_nodes,
+                path_index=shuffled)
+    grad2, = torch.autograd.grad(out2.square().sum(), attr2)
+    assert torch.allclose(out, out2)
+    assert torch.allclose(grad, grad2)

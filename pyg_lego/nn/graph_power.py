@@ -304,13 +304,11 @@ class GraphPowerConv(MessagePassing):
             orders.extend(StreamedMaskedPower.apply(a, plan, self.P)
                           .unbind(-1))
         elif self.P >= 2:
-            a_second = a.index_select(0, paths[1])
-            first_out = paths[[0, 2]]
-            size = (edge_attr.size(0), edge_attr.size(0))
-            for _ in range(2, self.P + 1):
-                orders.append(
-                    self.propagate(first_out, x=orders[-1], weight=a_second,
-                                   size=size))
+            closing = paths[2]
+            if closing.numel() > 1 and not bool(
+                    (closing[1:] >= closing[:-1]).all()):
+                paths = paths[:, torch.sort(closing, stable=True).indices]
+            orders.extend(MaskedPower.apply(a, paths, self.P).unbind(-1))
         return torch.stack(orders, dim=-1)
 
     def _propagated(self, edge_index: Tensor, edge_attr: Tensor,
@@ -358,6 +356,65 @@ def complete_block_size(edge_index: Tensor, num_nodes: int) -> Optional[int]:
     if torch.equal(edge_index[0], row) and torch.equal(edge_index[1], col):
         return block
     return None
+
+
+class MaskedPower(torch.autograd.Function):
+    r"""Orders :math:`2..P` of the masked power of :math:`\mathbf{A}`
+    (:math:`(|\mathcal{E}|, M)`) from a stored path index sorted by closing
+    edge (as :func:`~pyg_lego.nn.two_hop_paths` returns it).
+
+    Per view :math:`m`, the paths form a CSR matrix
+    :math:`\mathbf{S}_m \in \mathbb{R}^{|\mathcal{E}| \times |\mathcal{E}|}`
+    with :math:`\mathbf{S}_{m, (i, j), (i, l)} = \mathbf{A}_{lj, m}`, so
+    every order is one sparse-dense product per view,
+    :math:`\mathbf{r}^{(p)}_m = \mathbf{S}_m \mathbf{r}^{(p-1)}_m`; the
+    weights differ between views, so the views cannot share one product.
+    The backward pass is the gather-multiply-scatter of
+    :class:`StreamedMaskedPower` over the stored paths. Returns
+    :math:`(|\mathcal{E}|, M, P - 1)`.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, paths: Tensor, P: int) -> Tensor:
+        first, second, closing = paths[0], paths[1], paths[2]
+        num_edges = a.size(0)
+        # 32-bit ids where they fit: the CPU (MKL) product converts 64-bit
+        # ones on every call.
+        ids = torch.int32 if max(num_edges, first.numel()) < 2**31 - 1 \
+            else torch.long
+        rowptr = torch.zeros(num_edges + 1, dtype=ids, device=a.device)
+        torch.cumsum(torch.bincount(closing, minlength=num_edges), 0,
+                     out=rowptr[1:])
+        col = first.to(ids)
+        a_t = a.t().contiguous()
+        mats = [torch.sparse_csr_tensor(rowptr, col, a_m[second],
+                                        (num_edges, num_edges),
+                                        check_invariants=False)
+                for a_m in a_t]
+        orders = [a_t]
+        for _ in range(2, P + 1):
+            orders.append(torch.stack([
+                torch.sparse.mm(mat, r_m.unsqueeze(1)).squeeze(1)
+                for mat, r_m in zip(mats, orders[-1])]))
+        ctx.save_for_backward(paths, a, *(o.t().contiguous()
+                                          for o in orders[1:-1]))
+        return torch.stack(orders[1:], dim=-1).permute(1, 0, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        paths, *orders = ctx.saved_tensors  # orders 1 .. P-1
+        first, second, closing = paths[0], paths[1], paths[2]
+        a = orders[0]
+        grad_a = torch.zeros_like(a)
+        carry = None
+        for p in range(grad.size(-1) + 1, 1, -1):
+            g = grad[..., p - 2] if carry is None else grad[..., p - 2] + carry
+            g_path = g[closing]
+            carry = torch.zeros_like(a)
+            carry.index_add_(0, first, g_path * a[second])
+            grad_a.index_add_(0, second, g_path * orders[p - 2][first])
+        return grad_a + carry, None, None
 
 
 class StreamedMaskedPower(torch.autograd.Function):

@@ -99,6 +99,11 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
         \mathbf{R}^{(p)}_{ij} = \sum_{(i, l), (l, j), (i, j) \in \mathcal{E}}
         \mathbf{R}^{(p-1)}_{il} \mathbf{A}_{lj}
 
+    The columns are sorted by closing edge (then by first edge), so that
+    the paths closing each edge form one contiguous run: the masked power
+    reads them as a CSR matrix :math:`(|\mathcal{E}|, |\mathcal{E}|)`
+    with one non-zero per path.
+
     Candidates are enumerated in chunks of at most :obj:`chunk_size` (plus
     one row's worth, see :class:`PathPlan`), so the work space is bounded
     whatever the degrees are; the result itself is
@@ -119,4 +124,9 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
         if max_paths is not None and total > max_paths:
             return None
         parts.append(torch.stack([e1, e2, pos]))
-    return torch.cat(parts, dim=1) if parts else empty
+    if not parts:
+        return empty
+    paths = torch.cat(parts, dim=1)
+    # Enumeration is in first-edge order; a stable sort keeps it within runs.
+    order = torch.sort(paths[2], stable=True).indices
+    return paths[:, order]
