@@ -179,3 +179,20 @@ def test_masked_power_accepts_a_path_index_in_any_order():
     grad2, = torch.autograd.grad(out2.square().sum(), attr2)
     assert torch.allclose(out, out2)
     assert torch.allclose(grad, grad2)
+
+
+def test_edge_reduce_csr_path_equals_chunked_path():
+    from pyg_lego.data.similarity import edge_reduce
+    _, data = graph()
+    x = torch.randn(data.num_nodes, 7, dtype=torch.float64)
+    ei = data.edge_index  # row-sorted: one sampled product on the CSR
+    perm = torch.randperm(ei.size(1))
+    x1 = x.clone().requires_grad_(True)
+    out = edge_reduce(x1, ei)
+    grad1, = torch.autograd.grad((out * out.detach()).sum(), x1)
+    x2 = x.clone().requires_grad_(True)
+    out2 = edge_reduce(x2, ei[:, perm], chunk_size=17)  # unsorted: chunks
+    grad2, = torch.autograd.grad((out2 * out2.detach()).sum(), x2)
+    assert torch.allclose(out[perm], out2)
+    assert torch.allclose(out, (x[ei[0]] * x[ei[1]]).sum(-1))
+    assert torch.allclose(grad1, grad2)

@@ -1,8 +1,9 @@
 r"""Similarity functions and score maps of the relation graphs (METHOD.md, section 1).
 
-Edge-wise scores are computed by a chunked autograd function, so that scoring
-``|E|`` edges of ``d``-wide features never holds an ``[|E|, d]`` tensor, in the
-forward pass or in the backward pass.
+Edge-wise scores are computed by an autograd function that never holds an
+``[|E|, d]`` tensor, in the forward pass or in the backward pass: dot products
+on row-sorted edges are one sampled matrix product on the CSR pattern (and two
+sparse-dense products backwards); otherwise the edges are taken in chunks.
 """
 from typing import Optional
 
@@ -67,6 +68,26 @@ def _chunks(num: int, chunk_size: int):
         yield start, min(start + chunk_size, num)
 
 
+def row_csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int,
+            values: Tensor) -> Optional[Tensor]:
+    r"""The CSR matrix of edges sorted by :obj:`row` (32-bit ids where they
+    fit), or :obj:`None` if the rows are not sorted, the dtype has no
+    sparse kernels or :func:`torch.compile` is tracing (it cannot build
+    sparse tensors; the callers fall back to dense gathers)."""
+    if values.dtype not in (torch.float32, torch.float64) or \
+            row.numel() == 0 or torch.compiler.is_compiling():
+        return None
+    if row.numel() > 1 and not bool((row[1:] >= row[:-1]).all()):
+        return None
+    ids = torch.int32 if max(row.numel(), num_rows, num_cols) < 2**31 - 1 \
+        else torch.long
+    rowptr = torch.zeros(num_rows + 1, dtype=ids, device=row.device)
+    torch.cumsum(torch.bincount(row, minlength=num_rows), 0, out=rowptr[1:])
+    return torch.sparse_csr_tensor(rowptr, col.to(ids), values,
+                                   (num_rows, num_cols),
+                                   check_invariants=False)
+
+
 class _EdgeReduce(torch.autograd.Function):
     r"""``out[e] = sum_f op(x[row[e], f], x[col[e], f])`` in edge chunks.
 
@@ -78,19 +99,29 @@ class _EdgeReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, row: Tensor, col: Tensor, sqdist: bool,
                 chunk_size: int) -> Tensor:
+        num_nodes = x.size(0)
+        pattern = None if sqdist else row_csr(row, col, num_nodes, num_nodes,
+                                              x.new_zeros(row.numel()))
+        ctx.save_for_backward(x, row, col)
+        ctx.sqdist, ctx.chunk_size = sqdist, chunk_size
+        ctx.sorted = pattern is not None
+        if pattern is not None:
+            return torch.sparse.sampled_addmm(pattern, x, x.t(),
+                                              beta=0.0).values()
         out = x.new_empty(row.numel())
         for s, e in _chunks(row.numel(), chunk_size):
             a, b = x[row[s:e]], x[col[s:e]]
             out[s:e] = ((a - b)**2).sum(-1) if sqdist else (a * b).sum(-1)
-        ctx.save_for_backward(x, row, col)
-        ctx.sqdist, ctx.chunk_size = sqdist, chunk_size
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, row, col = ctx.saved_tensors
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.sorted:
+            g = row_csr(row, col, x.size(0), x.size(0), grad_out.contiguous())
+            grad_x = torch.sparse.mm(g, x) + torch.sparse.mm(g.t(), x)
+        elif ctx.needs_input_grad[0]:
             grad_x = torch.zeros_like(x)
             for s, e in _chunks(row.numel(), ctx.chunk_size):
                 r, c, g = row[s:e], col[s:e], grad_out[s:e].unsqueeze(-1)

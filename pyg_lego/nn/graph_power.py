@@ -6,7 +6,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from pyg_lego.data.similarity import (check_similarity, default_gamma,
                                       edge_similarity, prepare,
-                                      resolve_score_map)
+                                      resolve_score_map, row_csr)
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn.norm import relation_norm
 from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
@@ -303,6 +303,14 @@ class GraphPowerConv(MessagePassing):
             plan = self._stream_plan(edge_index, num_nodes, a)
             orders.extend(StreamedMaskedPower.apply(a, plan, self.P)
                           .unbind(-1))
+        elif self.P >= 2 and torch.compiler.is_compiling():
+            # Dynamo cannot build sparse tensors: a compiled graph takes the
+            # gather-multiply-scatter over the paths, which it fuses.
+            first, second, closing = paths[0], paths[1], paths[2]
+            a_second = a[second]
+            for _ in range(2, self.P + 1):
+                orders.append(torch.zeros_like(a).index_add(
+                    0, closing, orders[-1][first] * a_second))
         elif self.P >= 2:
             closing = paths[2]
             if closing.numel() > 1 and not bool(
@@ -320,8 +328,14 @@ class GraphPowerConv(MessagePassing):
             z = prepare(x, self.similarity)
             scores = [edge_similarity(z, edge_index, self.similarity,
                                       self.score_map, gamma, prepared=True)]
+            # Z <- A Z: one CSR product, as PyG's message_and_aggregate; a
+            # dtype without sparse kernels gathers and scatters instead.
+            adj = row_csr(edge_index[0], edge_index[1], num_nodes, num_nodes,
+                          a[:, m].contiguous())
             for _ in range(self.P):
-                z = self.propagate(edge_index, x=z, weight=a[:, m:m + 1])
+                z = self.propagate(edge_index.flip(0), x=z,
+                                   weight=a[:, m:m + 1]) if adj is None \
+                    else self.propagate(adj, x=z, weight=None)
                 scores.append(
                     edge_similarity(z, edge_index, self.similarity,
                                     self.score_map, gamma))
@@ -330,6 +344,9 @@ class GraphPowerConv(MessagePassing):
 
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
+
+    def message_and_aggregate(self, adj: Tensor, x: Tensor) -> Tensor:
+        return torch.sparse.mm(adj, x)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(P={self.P}, mode={self.mode!r}, '
