@@ -196,3 +196,23 @@ def test_edge_reduce_csr_path_equals_chunked_path():
     assert torch.allclose(out[perm], out2)
     assert torch.allclose(out, (x[ei[0]] * x[ei[1]]).sum(-1))
     assert torch.allclose(grad1, grad2)
+
+
+def test_knn_block_rows_target_cache_within_budget():
+    from pyg_lego.data.knn import CACHE_BLOCK_BYTES, MIN_BLOCK_ROWS, block_rows
+    n = 100_000
+    rows = block_rows(n, 4)
+    assert rows == max(MIN_BLOCK_ROWS, CACHE_BLOCK_BYTES // (4 * n))
+    # The caller's budget always wins, down to a single row.
+    assert block_rows(n, 4, memory_budget=2 * 4 * n * 3) == 3
+    assert block_rows(n, 4, memory_budget=0) == 1
+    assert block_rows(10, 4) == 10
+
+
+def test_exact_knn_blocks_agree_with_one_block():
+    from pyg_lego.data.knn import exact_knn
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+    small = exact_knn(x, 4, memory_budget=2 * 4 * 300 * 7)  # 7-row blocks
+    whole = exact_knn(x, 4, memory_budget=2**30)
+    assert torch.equal(small, whole)
+    assert not bool((small[0] == small[1]).any())  # no self matches

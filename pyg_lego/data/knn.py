@@ -15,15 +15,27 @@ from pyg_lego.data.similarity import knn_scores, prepare
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 
 
+#: Score block size that the top-k still reads from cache after the product
+#: wrote it: larger blocks are slower per score, not faster.
+CACHE_BLOCK_BYTES = 8 * 2**20
+
+#: Fewest query rows per block that keep the matrix product efficient.
+MIN_BLOCK_ROWS = 64
+
+
 def block_rows(num_nodes: int, element_size: int,
                memory_budget: int = DEFAULT_BLOCK_BYTES) -> int:
-    r"""Number of query rows per block that fits :obj:`memory_budget`.
+    r"""Number of query rows per block: about :obj:`CACHE_BLOCK_BYTES` of
+    scores (at least :obj:`MIN_BLOCK_ROWS` rows), within
+    :obj:`memory_budget`.
 
     A block costs its score matrix plus the top-k workspace, about twice
     ``rows x N`` elements.
     """
-    return max(1, min(num_nodes,
-                      memory_budget // max(1, 2 * num_nodes * element_size)))
+    row_bytes = max(1, num_nodes * element_size)
+    fit = memory_budget // (2 * row_bytes)
+    cached = max(MIN_BLOCK_ROWS, CACHE_BLOCK_BYTES // row_bytes)
+    return max(1, min(num_nodes, fit, cached))
 
 
 def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
@@ -67,8 +79,7 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
         for start in starts:
             end = min(start + rows, num_nodes)
             s = knn_scores(z[start:end], z, similarity, sq_norms)
-            local = torch.arange(end - start, device=x.device)
-            s[local, local + start] = float('-inf')
+            s.diagonal(start).fill_(float('-inf'))
             top = s.topk(k, dim=1)
             cols[start:end] = top.indices
             if vals is not None:
