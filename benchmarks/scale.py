@@ -88,7 +88,7 @@ def measure_size(n: int, args) -> Dict:
     import torch
     from pyg_lego.data.knn import block_rows
     from pyg_lego.data.backends import knn_search
-    from pyg_lego.data.relation import _pattern, _scores, coalesce_pattern
+    from pyg_lego.data.relation import _scores, coalesce_pattern
     from pyg_lego.data.similarity import prepare, resolve_score_map
     from pyg_lego.nn import GraphPowerConv, LEGOFusion, two_hop_paths
 
@@ -125,11 +125,8 @@ def measure_size(n: int, args) -> Dict:
                                              torch.stack([loop, loop])], 1), n)
     smap = resolve_score_map('auto', 'cosine')
     t, mem, edge_attr = timed(lambda: _scores(views, edge_index, 'cosine',
-                                              smap, None, n, found), rep)
+                                              smap, None, n), rep)
     res['time']['scores'], res['mem']['scores'] = t, mem
-    t_re, _, _ = timed(lambda: _scores(views, edge_index, 'cosine', smap,
-                                       None, n, None), rep)
-    res['baseline']['scores_recomputed'] = t_re
     E = edge_index.size(1)
     res['E'] = E
     t, mem, paths = timed(lambda: two_hop_paths(edge_index, n), rep)
@@ -249,7 +246,7 @@ def measure_large(args) -> Dict:
     expansion and the polynomial fusion, forward and backward, each mode's
     peak RSS taken in its own subprocess."""
     import torch
-    from pyg_lego import LEGO, build_relation_graph
+    from pyg_lego import build_relation_graph
     n = args.large_n
     views = make_views(n, args.views, args.dim)
     t = time.perf_counter()
@@ -317,7 +314,6 @@ def summarize(results: List[Dict]) -> Dict:
             'N': r['N'], 'E': r['E'], 'paths': r['paths'],
             'knn_backend': r['knn_backend'],
             'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'), t['knn']),
-            'score_reuse_speedup': ratio(b['scores_recomputed'], t['scores']),
             'masked_order_vs_sparse_mm': ratio(
                 t['masked_forward'] / max(1, r['P'] - 1), b['sparse_mm']),
             # Against the faster of PyG's two propagation paths.

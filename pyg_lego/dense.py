@@ -84,12 +84,9 @@ def relation_graph(views: Mapping[str, Union[Tensor, GivenGraph]], k: int,
     mask = torch.zeros(n, n, dtype=torch.bool)
     for v in views.values():
         if isinstance(v, GivenGraph):
-            g = given_matrix(GivenGraph(v.edge_index, v.edge_weight, 0.0), n,
-                             dtype)
             seen = torch.zeros(n, n, dtype=torch.bool)
             seen[v.edge_index[0], v.edge_index[1]] = True
             mask |= (seen | seen.t()) & ~torch.eye(n, dtype=torch.bool)
-            del g
         else:
             mask |= knn_mask(v, k, similarity, gamma)
     if self_loops:

@@ -3,7 +3,6 @@ valid subgraphs, full neighbourhoods reproduce full-graph inference, and
 training on mini-batches learns."""
 import pytest
 import torch
-from torch_geometric.loader import NeighborLoader
 from torch_geometric.nn import GCNConv, GraphConv
 
 from pyg_lego import LEGO, build_relation_graph

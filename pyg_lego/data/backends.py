@@ -35,14 +35,9 @@ class KNNResult(NamedTuple):
     Attributes:
         edge_index (torch.Tensor): ``i -> j`` edges :math:`(2, E)`, sorted by
             source, at most :math:`k` per node, no self-loops.
-        similarity (torch.Tensor or None): The raw similarity of each edge as
-            the search computed it, in the features' dtype, or :obj:`None`
-            where the search does not give it exactly (RBF, or an index
-            working in another precision).
         backend (str): The backend that ran (``'auto'`` resolved).
     """
     edge_index: Tensor
-    similarity: Optional[Tensor]
     backend: str
 
 
@@ -138,12 +133,8 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         sims.append(sim)
         ids.append(idx)
     ids = torch.cat(ids).to(x.device, torch.long)
-    edge_index, sim = _drop_self(ids, torch.cat(sims).to(x.device), k)
-    # Inner products are computed exactly for the neighbours found (L2
-    # results are distances, and float32 is not the precision of float64
-    # features), so only those are handed on for reuse.
-    keep = ip and x.dtype == torch.float32
-    return KNNResult(edge_index, sim if keep else None,
+    edge_index, _ = _drop_self(ids, torch.cat(sims).to(x.device), k)
+    return KNNResult(edge_index,
                      'faiss' if kind == 'flat' else f'faiss-{kind}')
 
 
@@ -163,7 +154,7 @@ def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
     idx, _ = index.neighbor_graph
     ids = torch.as_tensor(idx[:, :k + 1]).to(x.device, torch.long)
     edge_index, _ = _drop_self(ids, torch.zeros_like(ids, dtype=x.dtype), k)
-    return KNNResult(edge_index, None, 'pynndescent')
+    return KNNResult(edge_index, 'pynndescent')
 
 
 def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
@@ -207,10 +198,8 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
     if backend == 'auto':
         backend = choose_backend(num_nodes, x.size(1), x.device, similarity)
     if backend == 'exact':
-        edge_index, score = exact_knn(x, k, similarity, memory_budget,
-                                      progress, return_scores=True)
-        return KNNResult(edge_index,
-                         None if similarity == 'rbf' else score, 'exact')
+        return KNNResult(exact_knn(x, k, similarity, memory_budget, progress),
+                         'exact')
     if backend == 'pynndescent':
         return _pynndescent_search(x, k, similarity, progress, options)
     kind = {'faiss': 'flat', 'faiss-hnsw': 'hnsw', 'faiss-ivf': 'ivf'}[backend]

@@ -4,7 +4,7 @@ Each block of query rows is scored against all nodes with one matrix product,
 and only the block's top-k survive, so memory is bounded by
 ``block_size x N`` scores instead of ``N x N``.
 """
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -40,8 +40,7 @@ def block_rows(num_nodes: int, element_size: int,
 
 def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
               memory_budget: int = DEFAULT_BLOCK_BYTES,
-              progress: bool = False, return_scores: bool = False
-              ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+              progress: bool = False) -> Tensor:
     r"""Directed kNN edges ``i -> j`` (``j`` among the :obj:`k` nodes most
     similar to ``i``, ``j != i``) of the rows of :obj:`x`.
 
@@ -53,14 +52,9 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             (default: :obj:`"cosine"`)
         memory_budget (int, optional): Bytes for one block of scores.
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
-        return_scores (bool, optional): Also return each edge's block score
-            (the raw similarity for cosine and dot; :math:`2 x_i \cdot x_j -
-            \|x_j\|^2` for RBF), so that callers need not recompute it.
-            (default: :obj:`False`)
 
     Returns:
-        :obj:`edge_index` :math:`(2, N k)`, sorted by source node (and the
-        scores :math:`(N k,)` if :obj:`return_scores`).
+        :obj:`edge_index` :math:`(2, N k)`, sorted by source node.
     """
     num_nodes = x.size(0)
     if not 1 <= k <= num_nodes - 1:
@@ -71,7 +65,6 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
         sq_norms = (z * z).sum(-1) if similarity == 'rbf' else None
         rows = block_rows(num_nodes, z.element_size(), memory_budget)
         cols = torch.empty(num_nodes, k, dtype=torch.long, device=x.device)
-        vals = z.new_empty(num_nodes, k) if return_scores else None
         starts = range(0, num_nodes, rows)
         if progress:
             from tqdm.auto import tqdm
@@ -80,13 +73,9 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             end = min(start + rows, num_nodes)
             s = knn_scores(z[start:end], z, similarity, sq_norms)
             s.diagonal(start).fill_(float('-inf'))
-            top = s.topk(k, dim=1)
-            cols[start:end] = top.indices
-            if vals is not None:
-                vals[start:end] = top.values
+            cols[start:end] = s.topk(k, dim=1).indices
     row = torch.arange(num_nodes, device=x.device).repeat_interleave(k)
-    edge_index = torch.stack([row, cols.view(-1)])
-    return (edge_index, vals.view(-1)) if return_scores else edge_index
+    return torch.stack([row, cols.view(-1)])
 
 
 def complete_edges(num_nodes: int, self_loops: bool,
