@@ -334,16 +334,23 @@ def run_gnn(args: argparse.Namespace) -> dict:
                 .mean())
             result['minibatch_vs_full_max_abs_diff'] = float(
                 (mini - full[test_nodes]).abs().max())
-            os.makedirs(args.out, exist_ok=True)
-            save_atomic(model.state_dict(), os.path.join(args.out, 'gnn.pt'))
-            with open(os.path.join(args.out, 'gnn.json'), 'w') as f:
-                json.dump(result, f, indent=2)
-            print(json.dumps(result))
+            write_result(args.out, 'gnn', model.state_dict(), result)
     except BaseException:
         cleanup(barrier=False)
         raise
     cleanup()
     return result
+
+
+def write_result(out: str, stem: str, checkpoint: dict,
+                 result: dict) -> None:
+    r"""Saves :obj:`<stem>.pt` and :obj:`<stem>.json` in :obj:`out` (rank 0)
+    and prints the result as one JSON line."""
+    os.makedirs(out, exist_ok=True)
+    save_atomic(checkpoint, os.path.join(out, f'{stem}.pt'))
+    with open(os.path.join(out, f'{stem}.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result))
 
 
 def run_vad(args: argparse.Namespace) -> dict:
@@ -378,16 +385,13 @@ def run_vad(args: argparse.Namespace) -> dict:
             model = model.cpu()
             metrics = evaluate(model, test_set)
             result.update(auc=metrics['auc'], ap=metrics['ap'])
-            os.makedirs(args.out, exist_ok=True)
             # The layout of pyg_lego.vad.train checkpoints, so that
             # `pyg-lego vad eval --checkpoint` reads it.
-            save_atomic({'model': model.state_dict(),
-                         'config': dict(asdict(config), device='cpu'),
-                         'epoch': config.epochs, 'history': losses},
-                        os.path.join(args.out, 'vad.pt'))
-            with open(os.path.join(args.out, 'vad.json'), 'w') as f:
-                json.dump(result, f, indent=2)
-            print(json.dumps(result))
+            write_result(args.out, 'vad', {
+                'model': model.state_dict(),
+                'config': dict(asdict(config), device='cpu'),
+                'epoch': config.epochs, 'history': losses
+            }, result)
     except BaseException:
         cleanup(barrier=False)
         raise
