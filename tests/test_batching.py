@@ -58,3 +58,12 @@ def test_heads_on_a_batch_equal_one_by_one():
     for i, g in enumerate(graphs):
         d, v = node_statistics(model.fuse(g), g.edge_index, g.num_nodes)
         assert torch.allclose(variance[i], v[0], atol=1e-12)
+
+
+def test_batch_of_graphs_with_different_view_orders_is_refused():
+    a = build_relation_graph(random_views(6, [3, 4], seed=1), k=3)
+    swapped = random_views(7, [3, 4], seed=2)
+    b = build_relation_graph({'v1': swapped['v1'], 'v0': swapped['v0']}, k=3)
+    batch = next(iter(DataLoader([a, b], batch_size=2)))
+    with pytest.raises(ValueError, match='disagree on view_names'):
+        LEGO(['v0', 'v1']).double().fuse(batch)

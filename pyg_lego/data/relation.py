@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
                                     knn_recall, knn_search)
@@ -376,6 +376,20 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         log.info('kNN recall@%d: %s', k, recall)
         data.knn_recall = recall
     return data
+
+
+def graph_attribute(data: Data, key: str) -> Any:
+    r"""A graph-level attribute (:obj:`view_names`, :obj:`similarity`,
+    :obj:`score_map`) of a graph, or of a mini-batch, where PyG collects it
+    once per graph: then every graph must agree on it."""
+    value = data[key]
+    if isinstance(data, Batch):
+        values = list(value)
+        if any(v != values[0] for v in values[1:]):
+            raise ValueError(f"the graphs of this mini-batch disagree on "
+                             f"{key}: {values}")
+        value = values[0]
+    return list(value) if key == 'view_names' else value
 
 
 def view_features(data: Data, view_names: Sequence[str]) -> List[Optional[Tensor]]:

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from pyg_lego.data.relation import view_features
+from pyg_lego.data.relation import graph_attribute, view_features
 from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
 from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET, GraphPowerConv
 
@@ -103,17 +103,13 @@ class LEGO(torch.nn.Module):
     def fuse(self, data: Data) -> Tensor:
         r"""Fused edge weights of a graph (or a mini-batch) made by
         :func:`~pyg_lego.build_relation_graph`; the views are taken by name."""
-        names = data.view_names
-        if names and isinstance(names[0], (list, tuple)):  # a mini-batch
-            names = names[0]
-        if list(names) != self.view_names:
-            raise ValueError(f"the graph has views {list(names)} but the model "
+        names = graph_attribute(data, 'view_names')
+        if names != self.view_names:
+            raise ValueError(f"the graph has views {names} but the model "
                              f"was built for {self.view_names}")
         if self.mode == 'propagated':
-            sim = data.similarity
-            sim = sim[0] if isinstance(sim, (list, tuple)) else sim
-            smap = data.score_map
-            smap = smap[0] if isinstance(smap, (list, tuple)) else smap
+            sim = graph_attribute(data, 'similarity')
+            smap = graph_attribute(data, 'score_map')
             if (sim, smap) != (self.expansion.similarity,
                                self.expansion.score_map):
                 raise ValueError(

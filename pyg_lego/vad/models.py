@@ -15,6 +15,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.nn import GCNConv
 
+from pyg_lego.data.relation import graph_attribute
 from pyg_lego.nn import LEGO, GraphSpaceHead
 
 #: Names accepted by :func:`build_model` (``single:<view>`` for each view).
@@ -23,10 +24,7 @@ MODEL_NAMES = ('lego', 'lego+features', 'single', 'concat', 'sum',
 
 
 def _batch_views(batch: Data) -> List[str]:
-    names = batch.view_names
-    if names and isinstance(names[0], (list, tuple)):  # a mini-batch
-        names = names[0]
-    return list(names)
+    return graph_attribute(batch, 'view_names')
 
 
 def _features(batch: Data, view_names: Sequence[str]) -> List[Tensor]:
