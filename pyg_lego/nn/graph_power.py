@@ -10,6 +10,7 @@ from pyg_lego.data.similarity import (check_similarity, default_gamma,
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn.norm import relation_norm
 from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
+from pyg_lego.nn.spmm import csr_matmul
 
 MODES = ('elementwise', 'masked', 'propagated')
 
@@ -330,12 +331,15 @@ class GraphPowerConv(MessagePassing):
                                       self.score_map, gamma, prepared=True)]
             # Z <- A Z: one CSR product, as PyG's message_and_aggregate; a
             # dtype without sparse kernels gathers and scatters instead.
+            # The CSR holds the pattern; the scores travel beside it so that
+            # their gradient stays on the pattern (see CSRMatmul).
+            weight = a[:, m].contiguous()
             adj = row_csr(edge_index[0], edge_index[1], num_nodes, num_nodes,
-                          a[:, m].contiguous())
+                          weight.detach())
             for _ in range(self.P):
                 z = self.propagate(edge_index.flip(0), x=z,
-                                   weight=a[:, m:m + 1]) if adj is None \
-                    else self.propagate(adj, x=z, weight=None)
+                                   weight=weight.unsqueeze(-1)) \
+                    if adj is None else self.propagate(adj, x=z, weight=weight)
                 scores.append(
                     edge_similarity(z, edge_index, self.similarity,
                                     self.score_map, gamma))
@@ -345,8 +349,9 @@ class GraphPowerConv(MessagePassing):
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
 
-    def message_and_aggregate(self, adj: Tensor, x: Tensor) -> Tensor:
-        return torch.sparse.mm(adj, x)
+    def message_and_aggregate(self, adj: Tensor, x: Tensor,
+                              weight: Tensor) -> Tensor:
+        return csr_matmul(adj, x, weight)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(P={self.P}, mode={self.mode!r}, '
