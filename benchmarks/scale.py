@@ -250,8 +250,7 @@ def measure_large(args) -> Dict:
     n = args.large_n
     views = make_views(n, args.views, args.dim)
     t = time.perf_counter()
-    data = build_relation_graph(views, k=args.k, backend=args.backend
-                                if args.backend != 'auto' else 'faiss-ivf',
+    data = build_relation_graph(views, k=args.k, backend=args.backend,
                                 progress=True, recall_sample=1000)
     res = {'N': n, 'build_s': time.perf_counter() - t, 'E': data.num_edges,
            'recall': data.get('knn_recall'),

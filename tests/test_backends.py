@@ -66,7 +66,7 @@ def test_auto_choice_by_size(monkeypatch):
     cpu = torch.device('cpu')
     assert choose_backend(1000, 64, cpu) == 'exact'
     monkeypatch.setattr(backends, '_has', lambda m: m == 'faiss')
-    assert choose_backend(10**6, 128, cpu) == 'faiss-hnsw'
+    assert choose_backend(10**6, 128, cpu) == 'faiss-ivf'
     monkeypatch.setattr(backends, '_has', lambda m: m == 'pynndescent')
     assert choose_backend(10**6, 128, cpu) == 'pynndescent'
     assert choose_backend(10**6, 128, cpu, 'dot') == 'exact'
@@ -75,8 +75,39 @@ def test_auto_choice_by_size(monkeypatch):
     # The threshold is the N^2 d cost: the same N is exact on a GPU.
     n = int((backends.AUTO_EXACT_CPU / 128)**0.5) + 1000
     monkeypatch.setattr(backends, '_has', lambda m: True)
-    assert choose_backend(n, 128, cpu) == 'faiss-hnsw'
+    assert choose_backend(n, 128, cpu) == 'faiss-ivf'
     assert choose_backend(n, 128, torch.device('cuda')) == 'exact'
+
+
+@pytest.mark.parametrize('backend,knob,start', [('faiss-ivf', 'nprobe', 1),
+                                                ('faiss-hnsw', 'ef_search', 11)])
+def test_approximate_search_is_widened_to_the_target_recall(backend, knob,
+                                                            start):
+    pytest.importorskip('faiss')
+    # Unclustered data in 24 dimensions: one probe (or a tiny beam) misses
+    # many neighbours.
+    x = torch.randn(3000, 24, generator=torch.Generator().manual_seed(0))
+    base = {knob: start, 'nlist': 64, 'M': 4, 'ef_construction': 8}
+    fixed = knn_search(x, 10, backend=backend,
+                       options={**base, 'target_recall': None})
+    assert fixed.settings[knob] == start
+    assert 'tuned_recall' not in fixed.settings
+    assert knn_recall(fixed.edge_index, x, 10, sample=300) < 0.9
+    tuned = knn_search(x, 10, backend=backend,
+                       options={**base, 'target_recall': 0.97})
+    assert tuned.settings[knob] > start
+    assert tuned.settings['tuned_recall'] >= 0.97
+    # Checked on another sample than the tuning one.
+    assert knn_recall(tuned.edge_index, x, 10, sample=300, seed=7) >= 0.95
+
+
+def test_ivf_tuning_stops_at_an_exhaustive_search():
+    pytest.importorskip('faiss')
+    x = torch.randn(800, 16, generator=torch.Generator().manual_seed(1))
+    res = knn_search(x, 5, backend='faiss-ivf',
+                     options={'nlist': 8, 'nprobe': 1, 'target_recall': 1.01})
+    assert res.settings['nprobe'] == 8
+    assert res.settings['tuned_recall'] == pytest.approx(1.0)
 
 
 def test_auto_runs_exact_on_small_input():

@@ -28,6 +28,17 @@ AUTO_EXACT_GPU = 2e14
 #: Queries handed to an index at once (one progress-bar step).
 QUERY_BLOCK = 1 << 16
 
+#: Inverted lists an IVF query scans by default (before recall tuning).
+IVF_NPROBE = 8
+#: Training points per IVF list (faiss warns below 39).
+IVF_TRAIN_PER_LIST = 40
+#: Recall@k the approximate faiss indexes are tuned to by default: the
+#: search widens (HNSW ``ef_search``, IVF ``nprobe``, doubled each step)
+#: until a sample of queries reaches it.
+TARGET_RECALL = 0.95
+#: Queries of that sample.
+TUNE_SAMPLE = 500
+
 
 class KNNResult(NamedTuple):
     r"""Directed kNN edges and what the search knows about them.
@@ -36,9 +47,13 @@ class KNNResult(NamedTuple):
         edge_index (torch.Tensor): ``i -> j`` edges :math:`(2, E)`, sorted by
             source, at most :math:`k` per node, no self-loops.
         backend (str): The backend that ran (``'auto'`` resolved).
+        settings (dict, optional): The index settings it ran with, after
+            recall tuning, and the recall it measured on its tuning sample
+            (:obj:`'tuned_recall'`).
     """
     edge_index: Tensor
     backend: str
+    settings: Optional[dict] = None
 
 
 def check_backend(backend: str) -> str:
@@ -64,14 +79,14 @@ def choose_backend(num_nodes: int, dim: int, device: torch.device,
                    similarity: str = 'cosine') -> str:
     r"""The backend :obj:`backend='auto'` picks: :obj:`'exact'` while
     :math:`N^2 d` stays below :data:`AUTO_EXACT_CPU` (:data:`AUTO_EXACT_GPU`
-    on CUDA), else :obj:`'faiss-hnsw'` if faiss is installed, else
+    on CUDA), else :obj:`'faiss-ivf'` if faiss is installed, else
     :obj:`'pynndescent'` if installed (not for :obj:`'dot'`), else
     :obj:`'exact'`."""
     limit = AUTO_EXACT_GPU if device.type == 'cuda' else AUTO_EXACT_CPU
     if float(num_nodes)**2 * dim <= limit:
         return 'exact'
     if _has('faiss'):
-        return 'faiss-hnsw'
+        return 'faiss-ivf'
     if _has('pynndescent') and similarity != 'dot':
         return 'pynndescent'
     return 'exact'
@@ -90,6 +105,29 @@ def _drop_self(ids: Tensor, sims: Tensor, k: int):
     return torch.stack([row[keep], ids[keep]]), sims[keep]
 
 
+def _exact_sample(z: Tensor, nodes: Tensor, k: int,
+                  similarity: str) -> Tensor:
+    r"""Exact :obj:`k` nearest neighbours :math:`(|S|, k)` of the sampled
+    :obj:`nodes` among the (prepared) rows of :obj:`z`."""
+    with torch.no_grad():
+        sq = (z * z).sum(-1) if similarity == 'rbf' else None
+        s = knn_scores(z[nodes], z, similarity, sq)
+        s[torch.arange(nodes.numel(), device=z.device), nodes] = float('-inf')
+        return s.topk(k, dim=1).indices
+
+
+def _sample_recall(exact: Tensor, found: Tensor, nodes: Tensor) -> float:
+    r"""Fraction of the exact neighbours :math:`(|S|, k)` of :obj:`nodes`
+    that the :math:`k + 1` results :obj:`found` of an index hold once each
+    node's own id (or, without it, the last result) is dropped, as
+    :func:`_drop_self` drops them."""
+    own = found == nodes.unsqueeze(1)
+    found = found.masked_fill(own, -1)
+    found[~own.any(1), -1] = -1
+    hit = (exact.unsqueeze(2) == found.unsqueeze(1)).any(2)
+    return float(hit.float().mean())
+
+
 def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
                   progress: bool, options: dict) -> KNNResult:
     faiss = _import('faiss', 'faiss')
@@ -99,15 +137,23 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
     n, d = z.shape
     ip = similarity in ('cosine', 'dot')
     metric = faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
-    # faiss asks for 39 training points per list.
-    nlist = int(options.get('nlist', max(1, min(int(4 * n**0.5), n // 39))))
+    settings = {}
     if kind == 'flat':
         index = faiss.IndexFlat(d, metric)
     elif kind == 'hnsw':
-        index = faiss.IndexHNSWFlat(d, int(options.get('M', 32)), metric)
-        index.hnsw.efConstruction = int(options.get('ef_construction', 80))
-        index.hnsw.efSearch = max(int(options.get('ef_search', 64)), k + 1)
+        settings = {'M': int(options.get('M', 32)),
+                    'ef_construction': int(options.get('ef_construction', 80)),
+                    'ef_search': max(int(options.get('ef_search', 64)), k + 1)}
+        index = faiss.IndexHNSWFlat(d, settings['M'], metric)
+        index.hnsw.efConstruction = settings['ef_construction']
     else:
+        nprobe = int(options.get('nprobe', IVF_NPROBE))
+        # Per query, the coarse search costs nlist and the scan
+        # nprobe N / nlist distances: their sum is least at sqrt(nprobe N).
+        # faiss asks for 39 training points per list.
+        nlist = int(options.get('nlist', max(1, min(int((nprobe * n)**0.5),
+                                                      n // 39))))
+        settings = {'nlist': nlist, 'nprobe': min(nprobe, nlist)}
         index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, nlist,
                                    metric)
     if x.is_cuda and hasattr(faiss, 'StandardGpuResources') and \
@@ -116,13 +162,40 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
                                        x.device.index or 0, index)
     else:
         z = z.cpu()
+    gen = torch.Generator().manual_seed(int(options.get('seed', 0)))
     if kind == 'ivf':
-        index.nprobe = int(options.get('nprobe', min(nlist,
-                                                     max(8, nlist // 16))))
-        gen = torch.Generator().manual_seed(int(options.get('seed', 0)))
-        train = torch.randperm(n, generator=gen)[:64 * nlist]
+        train = torch.randperm(n, generator=gen)[:IVF_TRAIN_PER_LIST * nlist]
         index.train(z[train.to(z.device)])
     index.add(z)
+
+    def configure():
+        if kind == 'hnsw':
+            index.hnsw.efSearch = settings['ef_search']
+        elif kind == 'ivf':
+            index.nprobe = settings['nprobe']
+
+    knob, limit = {'hnsw': ('ef_search', max(n, k + 1)),
+                   'ivf': ('nprobe', settings.get('nlist'))}.get(kind,
+                                                                 (None, 0))
+    target = options.get('target_recall', TARGET_RECALL)
+    if knob is not None and target is not None:
+        # Widen the search until a sample of queries finds the target
+        # share of its exact neighbours (the index is built once).
+        # Its own seed: the recall reported by knn_recall is then measured
+        # on another sample than the one the search was tuned on.
+        tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
+        sample = torch.randperm(n, generator=tune)[
+            :int(options.get('tune_sample', TUNE_SAMPLE))].to(z.device)
+        exact = _exact_sample(z, sample, k, similarity)
+        while True:
+            configure()
+            found = index.search(z[sample], k + 1)[1].to(exact.device,
+                                                         torch.long)
+            settings['tuned_recall'] = _sample_recall(exact, found, sample)
+            if settings['tuned_recall'] >= target or settings[knob] >= limit:
+                break
+            settings[knob] = min(2 * settings[knob], limit)
+    configure()
     starts = range(0, n, QUERY_BLOCK)
     if progress:
         from tqdm.auto import tqdm
@@ -135,7 +208,7 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
     ids = torch.cat(ids).to(x.device, torch.long)
     edge_index, _ = _drop_self(ids, torch.cat(sims).to(x.device), k)
     return KNNResult(edge_index,
-                     'faiss' if kind == 'flat' else f'faiss-{kind}')
+                     'faiss' if kind == 'flat' else f'faiss-{kind}', settings)
 
 
 def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
@@ -181,9 +254,14 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         options (dict, optional): Index settings: :obj:`M`,
             :obj:`ef_construction`, :obj:`ef_search` (HNSW, defaults 32, 80,
-            64), :obj:`nlist`, :obj:`nprobe` (IVF, defaults
-            :math:`4 \sqrt{N}` and :obj:`max(8, nlist // 16)`), :obj:`n_neighbors`
-            (pynndescent, default 30), :obj:`seed`.
+            64), :obj:`nprobe`, :obj:`nlist` (IVF, defaults
+            :data:`IVF_NPROBE` and :math:`\sqrt{\mathrm{nprobe}\, N}`),
+            :obj:`n_neighbors` (pynndescent, default 30), :obj:`seed`, and
+            for faiss HNSW and IVF :obj:`target_recall` (default
+            :data:`TARGET_RECALL`; :obj:`None` turns tuning off) and
+            :obj:`tune_sample` (default :data:`TUNE_SAMPLE`): the search
+            is widened until that many sampled queries reach the target
+            recall against the exact search, or until it is exhaustive.
 
     Returns:
         :class:`KNNResult`.
@@ -238,12 +316,8 @@ def knn_recall(approx_edge_index: Tensor, x: Tensor, k: int,
         raise ValueError(f"sample must be >= 1, got {sample}")
     gen = torch.Generator().manual_seed(seed)
     nodes = torch.randperm(n, generator=gen)[:sample].to(x.device)
-    with torch.no_grad():
-        z = prepare(x.detach(), similarity)
-        sq = (z * z).sum(-1) if similarity == 'rbf' else None
-        s = knn_scores(z[nodes], z, similarity, sq)
-        s[torch.arange(nodes.numel(), device=x.device), nodes] = float('-inf')
-        exact = s.topk(k, dim=1).indices
+    exact = _exact_sample(prepare(x.detach(), similarity), nodes, k,
+                          similarity)
     want = (nodes.unsqueeze(1) * n + exact).view(-1)
     row, col = approx_edge_index[0], approx_edge_index[1]
     mine = torch.isin(row, nodes)

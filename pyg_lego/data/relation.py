@@ -372,6 +372,9 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     data.score_map = score_map
     if n_id is not None:
         data.n_id = n_id
+    for name, res in found.items():
+        if res.settings:
+            log.info('kNN of %s: %s, %s', name, res.backend, res.settings)
     if recall:
         log.info('kNN recall@%d: %s', k, recall)
         data.knn_recall = recall
