@@ -11,7 +11,9 @@ from pyg_lego.nn import GraphPowerConv, LEGOFusion
 
 from .conftest import dense_at, random_views
 
-MODES = ['elementwise', 'masked', 'propagated']
+# 'masked' runs the default kernel (numba where installed), 'masked:torch'
+# the torch one.
+MODES = ['elementwise', 'masked', 'masked:torch', 'propagated']
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5),
        torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
@@ -39,6 +41,7 @@ def _check_pattern(data, views, k, self_loops):
                          ids=lambda c: 'n{n}-m{m}-P{P}-k{k}-sl{self_loops}'
                          .format(**c))
 def test_expansion_matches_dense(case, mode, dtype):
+    mode, _, kernel = mode.partition(':')
     widths = [3 + 2 * i for i in range(case['m'])]
     views = random_views(case['n'], widths, dtype, case['seed'])
     data = build_relation_graph(views, k=case['k'],
@@ -46,7 +49,7 @@ def test_expansion_matches_dense(case, mode, dtype):
     mask, r = _check_pattern(data, views, case['k'], case['self_loops'])
     assert torch.allclose(data.edge_attr, dense_at(r, data.edge_index),
                           **TOL[dtype])
-    conv = GraphPowerConv(case['P'], mode=mode)
+    conv = GraphPowerConv(case['P'], mode=mode, kernel=kernel or 'auto')
     out = conv(data.edge_index, data.edge_attr, xs=list(views.values()))
     assert out.shape == (data.num_edges, case['m'], case['P'] + 1)
     ref = dense.graph_powers(r, mask, case['P'], mode,
@@ -64,6 +67,7 @@ def test_expansion_matches_dense(case, mode, dtype):
                          .format(**c))
 def test_lego_forward_and_gradients_match_dense(case, mode, kind, rank,
                                                 dtype):
+    mode, _, kernel = mode.partition(':')
     widths = [4 + i for i in range(case['m'])]
     views = random_views(case['n'], widths, dtype, case['seed'])
     names = list(views)
@@ -72,7 +76,7 @@ def test_lego_forward_and_gradients_match_dense(case, mode, kind, rank,
     mask, _ = _check_pattern(data, views, case['k'], case['self_loops'])
 
     model = LEGO(names, P=case['P'], mode=mode, fusion=kind, rank=rank,
-                 out_channels=2).to(dtype)
+                 out_channels=2, kernel=kernel or 'auto').to(dtype)
     leaves = {n: v.clone().requires_grad_() for n, v in views.items()}
     edge_attr = relation_scores(leaves, data.edge_index)
     out = model(data.edge_index, edge_attr, xs=list(leaves.values()))
@@ -122,13 +126,17 @@ def test_similarities_and_score_maps_match_dense(similarity, score_map):
                               atol=1e-10)
 
 
+@pytest.mark.parametrize('kw', [{}, {'dense_blocks': False},
+                                {'dense_blocks': False, 'kernel': 'torch'}],
+                         ids=['dense-blocks', 'default-kernel', 'torch'])
 @pytest.mark.parametrize('n', [3, 9, 17])
-def test_masked_power_on_complete_graph_is_matrix_power(n):
+def test_masked_power_on_complete_graph_is_matrix_power(n, kw):
     views = random_views(n, [5, 3], seed=n)
     data = build_relation_graph(views, k=n - 1)
     assert data.num_edges == n * n
     P = 4
-    out = GraphPowerConv(P, mode='masked')(data.edge_index, data.edge_attr)
+    out = GraphPowerConv(P, mode='masked', **kw)(data.edge_index,
+                                                 data.edge_attr)
     mask, r = dense.relation_graph(views, n - 1)
     for m in range(2):
         a = dense.normalize(r[m], mask)

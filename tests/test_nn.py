@@ -17,8 +17,9 @@ def data():
 
 
 def test_repr():
-    assert repr(GraphPowerConv(3)) == \
-        "GraphPowerConv(P=3, mode='masked', similarity='cosine')"
+    assert repr(GraphPowerConv(3)) == (
+        "GraphPowerConv(P=3, mode='masked', similarity='cosine', "
+        "kernel='auto')")
     assert repr(LEGOFusion(2, 3)) == ("LEGOFusion(num_views=2, P=3, "
                                       "out_channels=1, kind='polynomial')")
     assert repr(LEGOFusion(3, 2, 4, rank=5)) == (
@@ -113,7 +114,7 @@ def test_unsorted_and_duplicate_edges_are_coalesced(data):
 
 
 def test_cached_path_index(data):
-    conv = GraphPowerConv(3, mode='masked', cached=True)
+    conv = GraphPowerConv(3, mode='masked', cached=True, kernel='torch')
     out = conv(data.edge_index, data.edge_attr)
     assert torch.equal(conv._cached_paths,
                        two_hop_paths(data.edge_index, data.num_nodes))

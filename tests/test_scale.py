@@ -18,10 +18,10 @@ def graph(n=150, widths=(6, 4, 5), k=6, dtype=torch.float64, seed=0):
     return views, build_relation_graph(views, k=k, backend='exact')
 
 
-def expand(data, P, budget, grad=True, chunk_size=1 << 22):
+def expand(data, P, budget, grad=True, chunk_size=1 << 22, kernel='torch'):
     attr = data.edge_attr.detach().clone().requires_grad_(grad)
     conv = GraphPowerConv(P, mode='masked', memory_budget=budget,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, kernel=kernel)
     return attr, conv(data.edge_index, attr, num_nodes=data.num_nodes)
 
 
@@ -51,7 +51,7 @@ def test_streamed_matches_dense_oracle():
 def test_streamed_gradcheck():
     _, data = graph(n=10, widths=(3, 2), k=2)
     attr = data.edge_attr.detach().clone().requires_grad_(True)
-    conv = GraphPowerConv(3, mode='masked', memory_budget=0)
+    conv = GraphPowerConv(3, mode='masked', memory_budget=0, kernel='torch')
     assert torch.autograd.gradcheck(
         lambda e: conv(data.edge_index, e, num_nodes=data.num_nodes), (attr,),
         fast_mode=True)
@@ -66,11 +66,11 @@ def test_budget_decides_between_storing_and_streaming():
                          max_paths=paths.size(1) - 1) is None
     per_path = 24 + 8 * 3 * 3  # ids + float64 x 3 views x P=3
     conv = GraphPowerConv(3, memory_budget=per_path * paths.size(1),
-                          cached=True)
+                          cached=True, kernel='torch')
     conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     assert conv._cached_paths is not None
     conv = GraphPowerConv(3, memory_budget=per_path * paths.size(1) - 1,
-                          cached=True)
+                          cached=True, kernel='torch')
     conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     assert conv._cached_paths is None
     with pytest.raises(ValueError, match='memory_budget'):
@@ -101,7 +101,7 @@ def test_path_plan_chunks_cover_every_path_once(compact):
 
 def test_lego_streams_when_over_budget():
     _, data = graph(n=80, widths=(4, 3), k=4)
-    model = LEGO(data.view_names, P=3, mode='masked')
+    model = LEGO(data.view_names, P=3, mode='masked', kernel='torch')
     stored = model.fuse(data)
     model.expansion.memory_budget = 0
     assert torch.allclose(model.fuse(data), stored, atol=1e-12)

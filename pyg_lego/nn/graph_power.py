@@ -8,11 +8,13 @@ from pyg_lego.data.similarity import (check_similarity, default_gamma,
                                       edge_similarity, prepare,
                                       resolve_score_map, row_csr)
 from pyg_lego.data.validation import check_edge_index, check_order
+from pyg_lego.nn import masked_numba
 from pyg_lego.nn.norm import relation_norm
 from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
 from pyg_lego.nn.spmm import csr_matmul
 
 MODES = ('elementwise', 'masked', 'propagated')
+KERNELS = ('auto', 'torch', 'numba')
 
 #: Default bytes the masked power may hold for its stored two-step paths.
 DEFAULT_PATH_BUDGET = 2 * 2**30
@@ -84,6 +86,15 @@ class GraphPowerConv(MessagePassing):
             autograd function), so memory stays :math:`O(|\mathcal{E}| M P)`
             at the cost of recomputing the paths. :obj:`None` always stores
             them. (default: 2 GiB)
+        kernel (str, optional): How the masked power runs on the CPU:
+            :obj:`"numba"` (compiled row passes of
+            :mod:`pyg_lego.nn.masked_numba`, which store no path index
+            unless one is given or :obj:`cached`; needs the optional package
+            numba), :obj:`"torch"` (sparse products over a stored path
+            index, or streamed chunks beyond :obj:`memory_budget`) or
+            :obj:`"auto"` (numba where it is installed, for float32/float64
+            CPU tensors outside :func:`torch.compile`; torch otherwise, e.g.
+            on CUDA). (default: :obj:`"auto"`)
         dense_blocks (bool, optional): If :obj:`True`, a pattern that is a
             union of complete graphs of equal size (e.g. a mini-batch of
             videos of :math:`T` snippets) takes the masked power as batched
@@ -109,7 +120,7 @@ class GraphPowerConv(MessagePassing):
                  gamma: Optional[float] = None, cached: bool = False,
                  chunk_size: int = DEFAULT_PATH_CHUNK,
                  memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
-                 dense_blocks: bool = True, **kwargs):
+                 kernel: str = 'auto', dense_blocks: bool = True, **kwargs):
         kwargs.setdefault('aggr', 'add')
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -128,12 +139,21 @@ class GraphPowerConv(MessagePassing):
             raise ValueError(f"memory_budget must be >= 0 bytes or None, got "
                              f"{memory_budget}")
         self.memory_budget = memory_budget
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got "
+                             f"{kernel!r}")
+        if kernel == 'numba' and not masked_numba.available():
+            raise ImportError("kernel='numba' needs the optional package "
+                              "'numba': pip install 'pyg-lego[numba]'")
+        self.kernel = kernel
         self.dense_blocks = dense_blocks
         self._cached_paths = None
+        self._cached_numba = None
 
     def reset_parameters(self):
         super().reset_parameters()
         self._cached_paths = None
+        self._cached_numba = None
 
     def forward(self, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
                 xs: Optional[Sequence[Optional[Tensor]]] = None,
@@ -284,6 +304,42 @@ class GraphPowerConv(MessagePassing):
                                    self.memory_budget // per_candidate))
         return PathPlan(edge_index, num_nodes, chunk, compact=not a.is_cuda)
 
+    def _use_numba(self, a: Tensor) -> bool:
+        if self.kernel == 'torch' or torch.compiler.is_compiling():
+            return False
+        fits = a.device.type == 'cpu' and a.dtype in (torch.float32,
+                                                       torch.float64)
+        if self.kernel == 'numba' and not fits:
+            raise ValueError(f"kernel='numba' runs on float32/float64 CPU "
+                             f"tensors, got {a.dtype} on {a.device}; use "
+                             f"kernel='auto' or 'torch'")
+        return fits and masked_numba.available()
+
+    def _numba_plan(self, edge_index: Tensor, num_nodes: int,
+                    path_index: Optional[Tensor]):
+        r"""The pattern the numba passes walk, and the stored paths the
+        forward orders read where an index is given or cached (an index
+        built for one call would cost more than it saves)."""
+        if self.cached and self._cached_numba is not None:
+            return self._cached_numba
+        pattern = masked_numba.Pattern(edge_index, num_nodes)
+        stored = None
+        if path_index is not None:
+            stored = masked_numba.StoredPaths(_by_closing(path_index),
+                                              edge_index.size(1))
+        elif self.cached:
+            # Enumeration holds three 64-bit ids per path before they are
+            # narrowed.
+            max_paths = None if self.memory_budget is None \
+                else self.memory_budget // (3 * 8)
+            paths = two_hop_paths(edge_index, num_nodes, self.chunk_size,
+                                  max_paths)
+            if paths is not None:
+                stored = masked_numba.StoredPaths(paths, edge_index.size(1))
+        if self.cached:
+            self._cached_numba = (pattern, stored)
+        return pattern, stored
+
     def _masked(self, edge_index: Tensor, edge_attr: Tensor, num_nodes: int,
                 path_index: Optional[Tensor]) -> Tensor:
         orders = [self._identity(edge_index, edge_attr)]
@@ -299,6 +355,11 @@ class GraphPowerConv(MessagePassing):
             for _ in range(2, self.P + 1):
                 power = power @ dense_a
                 orders.append(power.permute(0, 2, 3, 1).reshape_as(a))
+        elif self.P >= 2 and self._use_numba(a):
+            pattern, stored = self._numba_plan(edge_index, num_nodes,
+                                               path_index)
+            orders.extend(masked_numba.NumbaMaskedPower.apply(
+                a, pattern, self.P, stored).unbind(-1))
         elif self.P >= 2 and (paths := self._paths(
                 edge_index, num_nodes, path_index, a)) is None:
             plan = self._stream_plan(edge_index, num_nodes, a)
@@ -313,11 +374,8 @@ class GraphPowerConv(MessagePassing):
                 orders.append(torch.zeros_like(a).index_add(
                     0, closing, orders[-1][first] * a_second))
         elif self.P >= 2:
-            closing = paths[2]
-            if closing.numel() > 1 and not bool(
-                    (closing[1:] >= closing[:-1]).all()):
-                paths = paths[:, torch.sort(closing, stable=True).indices]
-            orders.extend(MaskedPower.apply(a, paths, self.P).unbind(-1))
+            orders.extend(MaskedPower.apply(a, _by_closing(paths), self.P)
+                          .unbind(-1))
         return torch.stack(orders, dim=-1)
 
     def _propagated(self, edge_index: Tensor, edge_attr: Tensor,
@@ -355,7 +413,7 @@ class GraphPowerConv(MessagePassing):
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(P={self.P}, mode={self.mode!r}, '
-                f'similarity={self.similarity!r})')
+                f'similarity={self.similarity!r}, kernel={self.kernel!r})')
 
 
 #: Largest complete block that the dense fast path multiplies.
@@ -492,6 +550,14 @@ class StreamedMaskedPower(torch.autograd.Function):
                 carry.index_add_(0, first, g_path * a[second])
                 grad_a.index_add_(0, second, g_path * prev[first])
         return grad_a + carry, None, None
+
+
+def _by_closing(paths: Tensor) -> Tensor:
+    r"""A path index sorted by closing edge (a no-op if it is)."""
+    closing = paths[2]
+    if closing.numel() > 1 and not bool((closing[1:] >= closing[:-1]).all()):
+        return paths[:, torch.sort(closing, stable=True).indices]
+    return paths
 
 
 def _assert_coalesced(edge_index: Tensor, num_nodes: int) -> None:

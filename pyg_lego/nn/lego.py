@@ -46,6 +46,9 @@ class LEGO(torch.nn.Module):
         memory_budget (int, optional): Bytes the masked power may spend on
             stored two-step paths before it streams them, see
             :class:`GraphPowerConv`. (default: 2 GiB)
+        kernel (str, optional): :obj:`"auto"`, :obj:`"numba"` or
+            :obj:`"torch"`: how the masked power runs on the CPU, see
+            :class:`GraphPowerConv`. (default: :obj:`"auto"`)
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, relation scores
@@ -60,7 +63,8 @@ class LEGO(torch.nn.Module):
                  order0: str = 'self', similarity: str = 'cosine',
                  score_map: str = 'auto', gamma: Optional[float] = None,
                  cached: bool = False,
-                 memory_budget: Optional[int] = DEFAULT_PATH_BUDGET):
+                 memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
+                 kernel: str = 'auto'):
         super().__init__()
         if isinstance(view_names, str) or len(view_names) == 0:
             raise ValueError("view_names must be a non-empty list of names")
@@ -69,7 +73,8 @@ class LEGO(torch.nn.Module):
                                         similarity=similarity,
                                         score_map=score_map, gamma=gamma,
                                         cached=cached,
-                                        memory_budget=memory_budget)
+                                        memory_budget=memory_budget,
+                                        kernel=kernel)
         self.fusion = LEGOFusion(len(self.view_names), P,
                                  out_channels=out_channels, kind=fusion,
                                  rank=rank, view_names=self.view_names)

@@ -1,0 +1,112 @@
+r"""The numba kernels of the masked power against the torch ones and the
+dense oracle."""
+import pytest
+import torch
+
+from pyg_lego import LEGO, dense
+from pyg_lego.nn import GraphPowerConv, two_hop_paths
+
+from .conftest import dense_at
+from .test_scale import expand, graph
+
+pytest.importorskip('numba')
+
+
+@pytest.mark.parametrize('P', [2, 3, 4])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_numba_equals_torch_values_and_gradients(P, dtype):
+    _, data = graph(dtype=dtype)
+    weight = torch.randn(data.num_edges, 3, P + 1, dtype=dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else \
+        dict(atol=1e-12, rtol=0)
+    ref_attr, ref = expand(data, P, budget=None, kernel='torch')
+    nb_attr, out = expand(data, P, budget=None, kernel='numba')
+    assert torch.allclose(out, ref, **tol)
+    (ref * weight).sum().backward()
+    (out * weight).sum().backward()
+    assert torch.allclose(nb_attr.grad, ref_attr.grad, **tol)
+
+
+def test_numba_matches_dense_oracle_on_knn_and_complete_patterns():
+    for k in (5, 39):  # 39 = N - 1: the complete graph
+        views, data = graph(n=40, k=k)
+        # Without the dense fast path that the complete graph would take.
+        conv = GraphPowerConv(4, kernel='numba', dense_blocks=False)
+        out = conv(data.edge_index, data.edge_attr)
+        mask, r = dense.relation_graph(views, k=k)
+        expected = dense_at(dense.graph_powers(r, mask, 4, 'masked'),
+                            data.edge_index)
+        assert torch.allclose(out, expected, atol=1e-10)
+
+
+def test_numba_gradcheck():
+    _, data = graph(n=12, widths=(3, 2), k=3)
+    attr = data.edge_attr.detach().clone().requires_grad_(True)
+    conv = GraphPowerConv(3, mode='masked', kernel='numba',
+                          dense_blocks=False)
+    assert torch.autograd.gradcheck(
+        lambda e: conv(data.edge_index, e, num_nodes=data.num_nodes), (attr,))
+
+
+def test_stored_paths_equal_the_walk():
+    _, data = graph()
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
+    weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
+    results = []
+    for kw in ({}, {'path_index': paths[:, torch.randperm(paths.size(1))]}):
+        attr = data.edge_attr.detach().clone().requires_grad_(True)
+        conv = GraphPowerConv(3, kernel='numba')
+        out = conv(data.edge_index, attr, num_nodes=data.num_nodes, **kw)
+        (out * weight).sum().backward()
+        results.append((out.detach(), attr.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+
+
+def test_cached_numba_plan_stores_paths_within_the_budget():
+    _, data = graph()
+    num_paths = two_hop_paths(data.edge_index, data.num_nodes).size(1)
+    conv = GraphPowerConv(3, kernel='numba', cached=True,
+                          memory_budget=24 * num_paths)
+    out = conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+    pattern, stored = conv._cached_numba
+    assert stored is not None and stored.first.numel() == num_paths
+    assert stored.first.dtype == torch.int32
+    assert torch.allclose(conv(data.edge_index, data.edge_attr,
+                               num_nodes=data.num_nodes), out)
+    conv.reset_parameters()
+    assert conv._cached_numba is None
+    small = GraphPowerConv(3, kernel='numba', cached=True,
+                           memory_budget=24 * num_paths - 1)
+    again = small(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+    assert small._cached_numba[1] is None  # walks the pattern instead
+    assert torch.allclose(again, out, atol=1e-12)
+
+
+def test_auto_kernel_uses_numba_on_cpu(monkeypatch):
+    from pyg_lego.nn import masked_numba
+    calls = []
+    real = masked_numba.NumbaMaskedPower.apply
+    monkeypatch.setattr(masked_numba.NumbaMaskedPower, 'apply',
+                        lambda *a: calls.append(1) or real(*a))
+    _, data = graph(n=50)
+    GraphPowerConv(3)(data.edge_index, data.edge_attr)
+    assert calls
+    GraphPowerConv(3, kernel='torch')(data.edge_index, data.edge_attr)
+    assert len(calls) == 1
+
+
+def test_kernel_errors(monkeypatch):
+    _, data = graph(n=30, widths=(3,))
+    with pytest.raises(ValueError, match='kernel must be one of'):
+        GraphPowerConv(3, kernel='cuda')
+    conv = GraphPowerConv(3, kernel='numba')
+    with pytest.raises(ValueError, match='float32/float64 CPU'):
+        conv(data.edge_index, data.edge_attr.to(torch.bfloat16))
+    from pyg_lego.nn import masked_numba
+    monkeypatch.setattr(masked_numba, 'available', lambda: False)
+    with pytest.raises(ImportError, match=r"pyg-lego\[numba\]"):
+        GraphPowerConv(3, kernel='numba')
+    # 'auto' falls back to torch without numba.
+    out = LEGO(data.view_names, P=3).fuse(data)
+    assert out.shape == (data.num_edges, 1)
