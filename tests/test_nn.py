@@ -203,3 +203,26 @@ def test_graph_space_head_norm():
     assert seen['x'].mean(0).abs().min() > 0.01
     with pytest.raises(ValueError, match='batch norm needs at least 2 nodes'):
         head(torch.rand(1, 2), torch.zeros(2, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize('num_views', [1, 3, 4])
+def test_chunked_cp_fusion_equals_einsum(monkeypatch, num_views):
+    from pyg_lego.nn import fusion
+    gen = torch.Generator().manual_seed(num_views)
+    x = torch.randn(300, num_views, 4, generator=gen, dtype=torch.float64)
+    x[5, 0] = 0.0  # a zero factor: the backward must not divide by it
+    fuse = LEGOFusion(num_views, 3, out_channels=2, kind='polynomial',
+                      rank=3).double()
+    weight = torch.randn(300, 2, generator=gen, dtype=torch.float64)
+    results = []
+    for limit in (10**9, 50):  # einsum, then chunks of 50 // (2*3*M) edges
+        monkeypatch.setattr(fusion, 'CP_CHUNK_ELEMENTS', limit)
+        leaf = x.clone().requires_grad_()
+        fuse.zero_grad()
+        out = fuse(leaf)
+        (out * weight).sum().backward()
+        results.append((out.detach(), leaf.grad, fuse.weight.grad.clone()))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda v: fuse(v), (x[:20].clone().requires_grad_(),))

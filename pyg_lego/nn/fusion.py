@@ -9,6 +9,59 @@ from pyg_lego.data.validation import check_order
 
 KINDS = ('polynomial', 'linear')
 
+#: Elements of the ``[edges, C, rank, M]`` factor tensor that the CP fusion
+#: holds at once: beyond it, it runs in edge chunks and recomputes the
+#: factors in its backward pass instead of saving them.
+CP_CHUNK_ELEMENTS = 1 << 22
+
+
+class ChunkedCP(torch.autograd.Function):
+    r"""The CP polynomial :math:`\sum_r \prod_m \langle \mathbf{x}_{e, m},
+    \mathbf{W}_{c, r, m} \rangle` in chunks of :obj:`chunk` edges, saving only
+    its inputs. The plain einsum saves the :math:`(|\mathcal{E}|, C, R, M)`
+    factors and allocates several more of that size in its backward pass
+    (about 10 GB at :math:`|\mathcal{E}| = 39` M, :math:`R = 4`,
+    :math:`M = 3`). With :math:`\mathbf{f}_{ecrm}` the factors and
+    :math:`\bar{\mathbf{f}}_{ecrm} = \prod_{m' \ne m} \mathbf{f}_{ecrm'}`
+    (prefix and suffix products, no division):
+
+    .. math::
+        \nabla \mathbf{x}_{emp} = \sum_{c, r} g_{ec} \bar{\mathbf{f}}_{ecrm}
+        \mathbf{W}_{crmp}, \qquad
+        \nabla \mathbf{W}_{crmp} = \sum_e g_{ec} \bar{\mathbf{f}}_{ecrm}
+        \mathbf{x}_{emp}.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, chunk: int) -> Tensor:
+        out = x.new_empty(x.size(0), w.size(0))
+        for s in range(0, x.size(0), chunk):
+            f = torch.einsum('emp,crmp->ecrm', x[s:s + chunk], w)
+            out[s:s + chunk] = f.prod(dim=-1).sum(dim=-1)
+        ctx.save_for_backward(x, w)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        for s in range(0, x.size(0), ctx.chunk):
+            xc = x[s:s + ctx.chunk]
+            f = torch.einsum('emp,crmp->ecrm', xc, w)
+            ones = torch.ones_like(f[..., :1])
+            before = torch.cat([ones, f[..., :-1]], -1).cumprod(-1)
+            after = torch.cat([f[..., 1:], ones], -1).flip(-1).cumprod(-1) \
+                .flip(-1)
+            df = grad[s:s + ctx.chunk, :, None, None] * before * after
+            if grad_x is not None:
+                grad_x[s:s + ctx.chunk] = torch.einsum('ecrm,crmp->emp', df, w)
+            if grad_w is not None:
+                grad_w += torch.einsum('ecrm,emp->crmp', df, xc)
+        return grad_x, grad_w, None
+
 
 @dataclass
 class CoefficientTable:
@@ -146,6 +199,11 @@ class LEGOFusion(torch.nn.Module):
             return torch.einsum('emp,cmp->ec', x, w)
         if self.full:
             return torch.einsum('ep,cpq,eq->ec', x[:, 0], w, x[:, 1])
+        per_edge = w.size(0) * w.size(1) * w.size(2)
+        if x.size(0) * per_edge > CP_CHUNK_ELEMENTS and \
+                torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return ChunkedCP.apply(x, w,
+                                   max(1, CP_CHUNK_ELEMENTS // per_edge))
         factors = torch.einsum('emp,crmp->ecrm', x, w)
         return factors.prod(dim=-1).sum(dim=-1)
 
