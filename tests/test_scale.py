@@ -216,3 +216,48 @@ def test_exact_knn_blocks_agree_with_one_block():
     whole = exact_knn(x, 4, memory_budget=2**30)
     assert torch.equal(small, whole)
     assert not bool((small[0] == small[1]).any())  # no self matches
+
+
+@pytest.mark.parametrize('n,k', [(1000, 5), (1000, 16), (999, 7), (100, 16),
+                                 (4096, 1)])
+def test_block_topk_finds_a_top_k_set(n, k):
+    from pyg_lego.data.knn import block_topk
+    gen = torch.Generator().manual_seed(n + k)
+    s = torch.randn(37, n, generator=gen)
+    s[torch.arange(37), torch.arange(37)] = float('-inf')  # own column
+    s[3, -4:] = 50.0 + torch.arange(4.)  # winners in the ragged tail
+    idx = block_topk(s, k)
+    assert idx.shape == (37, k)
+    assert torch.equal(s.gather(1, idx).sort(1).values,
+                       s.topk(k, dim=1).values.sort(1).values)
+    assert torch.equal(idx.sort(1).values, s.topk(k, dim=1).indices
+                       .sort(1).values)  # no ties in random scores
+
+
+def test_propagated_views_recomputed_beyond_the_budget(monkeypatch):
+    from torch.utils import checkpoint
+    views, data = graph(n=60, k=5)
+    calls = []
+    real = checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr('pyg_lego.nn.graph_power.checkpoint', counting)
+    weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
+    results = []
+    for budget in (None, 0):
+        xs = [v.clone().requires_grad_() for v in views.values()]
+        attr = data.edge_attr.detach().clone().requires_grad_()
+        conv = GraphPowerConv(3, mode='propagated', memory_budget=budget)
+        out = conv(data.edge_index, attr, xs=xs, num_nodes=data.num_nodes)
+        (out * weight).sum().backward()
+        results.append([out.detach(), attr.grad] + [x.grad for x in xs])
+    assert len(calls) == 3  # one per view, only under the zero budget
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)
+    # Without gradients nothing is kept, so nothing is recomputed.
+    with torch.no_grad():
+        GraphPowerConv(3, mode='propagated', memory_budget=0)(
+            data.edge_index, data.edge_attr, xs=list(views.values()))
+    assert len(calls) == 3

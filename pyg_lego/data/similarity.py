@@ -68,24 +68,81 @@ def _chunks(num: int, chunk_size: int):
         yield start, min(start + chunk_size, num)
 
 
-def row_csr(row: Tensor, col: Tensor, num_rows: int, num_cols: int,
-            values: Tensor) -> Optional[Tensor]:
-    r"""The CSR matrix of edges sorted by :obj:`row` (32-bit ids where they
-    fit), or :obj:`None` if the rows are not sorted, the dtype has no
-    sparse kernels or :func:`torch.compile` is tracing (it cannot build
-    sparse tensors; the callers fall back to dense gathers)."""
-    if values.dtype not in (torch.float32, torch.float64) or \
-            row.numel() == 0 or torch.compiler.is_compiling():
+class CSRPattern:
+    r"""A row-sorted pattern of :math:`|\mathcal{E}|` edges as CSR (32-bit
+    ids where they fit), which turns edge values into sparse matrices and
+    their transposes.
+
+    :func:`torch.sparse.mm` converts a transposed CSR operand back to CSR on
+    every call, a sort of the edges each time; here the permutation to the
+    transposed order is found once, on first use, and every transpose after
+    it is one gather of the values.
+    """
+
+    def __init__(self, row: Tensor, col: Tensor, num_rows: int,
+                 num_cols: int):
+        ids = torch.int32 if max(row.numel(), num_rows, num_cols) < \
+            2**31 - 1 else torch.long
+        self.row, self.col = row, col
+        self.shape = (num_rows, num_cols)
+        self.crow = _rowptr(row, num_rows, ids)
+        self.col_ids = col.to(ids)
+        self._t = None
+
+    def matrix(self, values: Tensor) -> Tensor:
+        r"""The :math:`(N_{rows}, N_{cols})` CSR matrix carrying
+        :obj:`values` :math:`(|\mathcal{E}|,)`."""
+        return torch.sparse_csr_tensor(self.crow, self.col_ids, values,
+                                       self.shape, check_invariants=False)
+
+    def _transpose(self):
+        if self._t is None:
+            num_rows, num_cols = self.shape
+            perm = torch.sort(self.col * num_rows + self.row).indices
+            crow = _rowptr(self.col, num_cols, self.crow.dtype)
+            col = self.row[perm].to(self.crow.dtype)
+            symmetric = num_rows == num_cols and torch.equal(crow, self.crow) \
+                and torch.equal(col, self.col_ids)
+            self._t = (perm, crow, col, symmetric)
+        return self._t
+
+    @property
+    def symmetric(self) -> bool:
+        r"""Whether the pattern equals its transpose (as kNN unions do)."""
+        return self._transpose()[3]
+
+    def transposed(self, values: Tensor) -> Tensor:
+        r"""The transpose of :meth:`matrix`, as a CSR matrix."""
+        perm, crow, col, _ = self._transpose()
+        return torch.sparse_csr_tensor(crow, col, values[perm],
+                                       (self.shape[1], self.shape[0]),
+                                       check_invariants=False)
+
+    def symmetrized(self, values: Tensor) -> Tensor:
+        r"""The values of :math:`\mathbf{G} + \mathbf{G}^\top` on a
+        :attr:`symmetric` pattern, for :obj:`values` those of
+        :math:`\mathbf{G}`."""
+        return values + values[self._transpose()[0]]
+
+
+def _rowptr(index: Tensor, num: int, dtype) -> Tensor:
+    ptr = torch.zeros(num + 1, dtype=dtype, device=index.device)
+    torch.cumsum(torch.bincount(index, minlength=num), 0, out=ptr[1:])
+    return ptr
+
+
+def csr_pattern(row: Tensor, col: Tensor, num_rows: int, num_cols: int,
+                dtype: torch.dtype) -> Optional[CSRPattern]:
+    r"""The :class:`CSRPattern` of edges sorted by :obj:`row`, or
+    :obj:`None` if the rows are not sorted, :obj:`dtype` has no sparse
+    kernels or :func:`torch.compile` is tracing (it cannot build sparse
+    tensors; the callers fall back to dense gathers)."""
+    if dtype not in (torch.float32, torch.float64) or row.numel() == 0 or \
+            torch.compiler.is_compiling():
         return None
     if row.numel() > 1 and not bool((row[1:] >= row[:-1]).all()):
         return None
-    ids = torch.int32 if max(row.numel(), num_rows, num_cols) < 2**31 - 1 \
-        else torch.long
-    rowptr = torch.zeros(num_rows + 1, dtype=ids, device=row.device)
-    torch.cumsum(torch.bincount(row, minlength=num_rows), 0, out=rowptr[1:])
-    return torch.sparse_csr_tensor(rowptr, col.to(ids), values,
-                                   (num_rows, num_cols),
-                                   check_invariants=False)
+    return CSRPattern(row, col, num_rows, num_cols)
 
 
 class _EdgeReduce(torch.autograd.Function):
@@ -98,16 +155,17 @@ class _EdgeReduce(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, row: Tensor, col: Tensor, sqdist: bool,
-                chunk_size: int) -> Tensor:
+                chunk_size: int, pattern: Optional[CSRPattern]) -> Tensor:
         num_nodes = x.size(0)
-        pattern = None if sqdist else row_csr(row, col, num_nodes, num_nodes,
-                                              x.new_zeros(row.numel()))
+        if pattern is None and not sqdist:
+            pattern = csr_pattern(row, col, num_nodes, num_nodes, x.dtype)
         ctx.save_for_backward(x, row, col)
         ctx.sqdist, ctx.chunk_size = sqdist, chunk_size
-        ctx.sorted = pattern is not None
-        if pattern is not None:
-            return torch.sparse.sampled_addmm(pattern, x, x.t(),
-                                              beta=0.0).values()
+        ctx.pattern = None if sqdist else pattern
+        if ctx.pattern is not None:
+            return torch.sparse.sampled_addmm(
+                pattern.matrix(x.new_zeros(row.numel())), x, x.t(),
+                beta=0.0).values()
         out = x.new_empty(row.numel())
         for s, e in _chunks(row.numel(), chunk_size):
             a, b = x[row[s:e]], x[col[s:e]]
@@ -118,9 +176,13 @@ class _EdgeReduce(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, row, col = ctx.saved_tensors
         grad_x = None
-        if ctx.needs_input_grad[0] and ctx.sorted:
-            g = row_csr(row, col, x.size(0), x.size(0), grad_out.contiguous())
-            grad_x = torch.sparse.mm(g, x) + torch.sparse.mm(g.t(), x)
+        if ctx.needs_input_grad[0] and ctx.pattern is not None:
+            g, pattern = grad_out.contiguous(), ctx.pattern
+            # (G + G^T) x, one product where the pattern is symmetric.
+            grad_x = torch.sparse.mm(pattern.matrix(pattern.symmetrized(g)),
+                                     x) if pattern.symmetric else \
+                torch.sparse.mm(pattern.matrix(g), x) + \
+                torch.sparse.mm(pattern.transposed(g), x)
         elif ctx.needs_input_grad[0]:
             grad_x = torch.zeros_like(x)
             for s, e in _chunks(row.numel(), ctx.chunk_size):
@@ -132,7 +194,7 @@ class _EdgeReduce(torch.autograd.Function):
                 else:
                     grad_x.index_add_(0, r, g * x[c])
                     grad_x.index_add_(0, c, g * x[r])
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def edge_chunk_size(dim: int, budget_bytes: int = 64 * 2**20,
@@ -141,17 +203,21 @@ def edge_chunk_size(dim: int, budget_bytes: int = 64 * 2**20,
 
 
 def edge_reduce(x: Tensor, edge_index: Tensor, sqdist: bool = False,
-                chunk_size: Optional[int] = None) -> Tensor:
-    r"""Edge-wise dot product (or squared distance) of the rows of ``x``."""
+                chunk_size: Optional[int] = None,
+                pattern: Optional[CSRPattern] = None) -> Tensor:
+    r"""Edge-wise dot product (or squared distance) of the rows of ``x``;
+    :obj:`pattern`, the :class:`CSRPattern` of :obj:`edge_index`, saves
+    rebuilding it when many calls share the edges."""
     if chunk_size is None:
         chunk_size = edge_chunk_size(x.size(-1), element_size=x.element_size())
     return _EdgeReduce.apply(x, edge_index[0], edge_index[1], sqdist,
-                             chunk_size)
+                             chunk_size, pattern)
 
 
 def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
                     score_map: str = 'auto', gamma: Optional[float] = None,
-                    prepared: bool = False) -> Tensor:
+                    prepared: bool = False,
+                    pattern: Optional[CSRPattern] = None) -> Tensor:
     r"""Relation scores of one view on every edge of ``edge_index``.
 
     Args:
@@ -163,6 +229,8 @@ def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
         gamma (float, optional): RBF bandwidth; ``1 / d`` if :obj:`None`.
         prepared (bool, optional): If :obj:`True`, :obj:`x` is already
             unit-normalised for cosine. (default: :obj:`False`)
+        pattern (CSRPattern, optional): The CSR form of :obj:`edge_index`,
+            shared by calls on the same edges.
 
     Returns:
         Scores :math:`(|\mathcal{E}|,)`.
@@ -173,7 +241,7 @@ def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
                       edge_reduce(x, edge_index, sqdist=True))
     else:
         z = x if prepared else prepare(x, similarity)
-        s = edge_reduce(z, edge_index)
+        s = edge_reduce(z, edge_index, pattern=pattern)
     return apply_score_map(s, score_map)
 
 

@@ -2,11 +2,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn.conv import MessagePassing
 
-from pyg_lego.data.similarity import (check_similarity, default_gamma,
+from pyg_lego.data.similarity import (CSRPattern, check_similarity,
+                                      csr_pattern, default_gamma,
                                       edge_similarity, prepare,
-                                      resolve_score_map, row_csr)
+                                      resolve_score_map)
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn import masked_numba
 from pyg_lego.nn.norm import relation_norm
@@ -84,8 +86,11 @@ class GraphPowerConv(MessagePassing):
             instead: the paths are enumerated again, chunk by chunk, for
             every order of the forward and of the backward pass (a custom
             autograd function), so memory stays :math:`O(|\mathcal{E}| M P)`
-            at the cost of recomputing the paths. :obj:`None` always stores
-            them. (default: 2 GiB)
+            at the cost of recomputing the paths. In the propagated mode,
+            the bytes its backward pass may keep (:math:`2P + 1` copies of
+            every view's features); beyond them each view is recomputed in
+            the backward pass (activation checkpointing), one view at a
+            time. :obj:`None` always stores. (default: 2 GiB)
         kernel (str, optional): How the masked power runs on the CPU:
             :obj:`"numba"` (compiled row passes of
             :mod:`pyg_lego.nn.masked_numba`, which store no path index
@@ -381,35 +386,53 @@ class GraphPowerConv(MessagePassing):
     def _propagated(self, edge_index: Tensor, edge_attr: Tensor,
                     xs: List[Tensor], num_nodes: int) -> Tensor:
         a = relation_norm(edge_index, edge_attr, num_nodes)
+        # One CSR form (and transpose) for every product of every view; a
+        # dtype without sparse kernels gathers and scatters instead.
+        pattern = csr_pattern(edge_index[0], edge_index[1], num_nodes,
+                              num_nodes, a.dtype)
+        recompute = self._recompute_views(xs, a)
         views = []
         for m, x in enumerate(xs):
-            gamma = default_gamma(x, self.gamma)
-            z = prepare(x, self.similarity)
-            scores = [edge_similarity(z, edge_index, self.similarity,
-                                      self.score_map, gamma, prepared=True)]
-            # Z <- A Z: one CSR product, as PyG's message_and_aggregate; a
-            # dtype without sparse kernels gathers and scatters instead.
-            # The CSR holds the pattern; the scores travel beside it so that
-            # their gradient stays on the pattern (see CSRMatmul).
-            weight = a[:, m].contiguous()
-            adj = row_csr(edge_index[0], edge_index[1], num_nodes, num_nodes,
-                          weight.detach())
-            for _ in range(self.P):
-                z = self.propagate(edge_index.flip(0), x=z,
-                                   weight=weight.unsqueeze(-1)) \
-                    if adj is None else self.propagate(adj, x=z, weight=weight)
-                scores.append(
-                    edge_similarity(z, edge_index, self.similarity,
-                                    self.score_map, gamma))
-            views.append(torch.stack(scores, dim=-1))
+            args = (x, a[:, m].contiguous(), edge_index, pattern)
+            views.append(checkpoint(self._propagate_view, *args,
+                                    use_reentrant=False) if recompute
+                         else self._propagate_view(*args))
         return torch.stack(views, dim=1)
+
+    def _recompute_views(self, xs: List[Tensor], a: Tensor) -> bool:
+        r"""Whether the propagated views exceed :obj:`memory_budget` with
+        what their backward pass keeps: per view the prepared features and,
+        per order, the propagated and the normalised ones."""
+        if self.memory_budget is None or not torch.is_grad_enabled() or \
+                torch.compiler.is_compiling():
+            return False
+        if not (a.requires_grad or any(x.requires_grad for x in xs)):
+            return False
+        kept = sum((2 * self.P + 1) * x.numel() * x.element_size()
+                   for x in xs)
+        return kept > self.memory_budget
+
+    def _propagate_view(self, x: Tensor, weight: Tensor, edge_index: Tensor,
+                        pattern: Optional[CSRPattern]) -> Tensor:
+        gamma = default_gamma(x, self.gamma)
+        z = prepare(x, self.similarity)
+        scores = [edge_similarity(z, edge_index, self.similarity,
+                                  self.score_map, gamma, prepared=True,
+                                  pattern=pattern)]
+        for _ in range(self.P):
+            # Z <- A Z: one CSR product with the pattern's cached transpose
+            # for the backward pass, which PyG's generated propagate() has
+            # no argument to pass; without CSR, a gather-scatter propagate.
+            z = self.propagate(edge_index.flip(0), x=z,
+                               weight=weight.unsqueeze(-1)) \
+                if pattern is None else csr_matmul(pattern, z, weight)
+            scores.append(edge_similarity(z, edge_index, self.similarity,
+                                          self.score_map, gamma,
+                                          pattern=pattern))
+        return torch.stack(scores, dim=-1)
 
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
-
-    def message_and_aggregate(self, adj: Tensor, x: Tensor,
-                              weight: Tensor) -> Tensor:
-        return csr_matmul(adj, x, weight)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(P={self.P}, mode={self.mode!r}, '
