@@ -110,3 +110,28 @@ def test_kernel_errors(monkeypatch):
     # 'auto' falls back to torch without numba.
     out = LEGO(data.view_names, P=3).fuse(data)
     assert out.shape == (data.num_edges, 1)
+
+
+@pytest.mark.parametrize('stored', [False, True])
+def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
+    from pyg_lego.nn import masked_numba
+    _, data = graph(n=120)
+    paths = two_hop_paths(data.edge_index, data.num_nodes) if stored \
+        else None
+    weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
+    results = []
+    for threshold in (10**9, 0):  # as given, then relabelled
+        monkeypatch.setattr(masked_numba, 'REORDER_MIN_EDGES', threshold)
+        attr = data.edge_attr.detach().clone().requires_grad_(True)
+        conv = GraphPowerConv(3, kernel='numba', cached=True)
+        out = conv(data.edge_index, attr, num_nodes=data.num_nodes,
+                   path_index=paths)
+        (out * weight).sum().backward()
+        pattern = conv._cached_numba[0]
+        results.append((out.detach(), attr.grad, pattern.edge_perm))
+    assert results[0][2] is None
+    perm = results[1][2]
+    assert perm is not None and not torch.equal(
+        perm, torch.arange(data.num_edges))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)

@@ -330,8 +330,7 @@ class GraphPowerConv(MessagePassing):
         pattern = masked_numba.Pattern(edge_index, num_nodes)
         stored = None
         if path_index is not None:
-            stored = masked_numba.StoredPaths(_by_closing(path_index),
-                                              edge_index.size(1))
+            stored = masked_numba.StoredPaths(path_index, pattern)
         elif self.cached:
             # Enumeration holds three 64-bit ids per path before they are
             # narrowed.
@@ -340,7 +339,7 @@ class GraphPowerConv(MessagePassing):
             paths = two_hop_paths(edge_index, num_nodes, self.chunk_size,
                                   max_paths)
             if paths is not None:
-                stored = masked_numba.StoredPaths(paths, edge_index.size(1))
+                stored = masked_numba.StoredPaths(paths, pattern)
         if self.cached:
             self._cached_numba = (pattern, stored)
         return pattern, stored
