@@ -28,8 +28,12 @@ import time
 from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STAGES = ('knn', 'scores', 'paths', 'elementwise', 'masked', 'masked_streamed',
-          'propagated', 'fusion')
+#: ``masked``: the default kernel (numba, walking the pattern, no index);
+#: ``masked_cached``: numba reading a path index cached by an earlier call;
+#: ``masked_torch``: torch sparse products over a given path index;
+#: ``masked_streamed``: torch, streamed (memory budget 0).
+STAGES = ('knn', 'scores', 'paths', 'elementwise', 'masked', 'masked_cached',
+          'masked_torch', 'masked_streamed', 'propagated', 'fusion')
 
 
 def rss_bytes() -> int:
@@ -90,7 +94,8 @@ def measure_size(n: int, args) -> Dict:
     from pyg_lego.data.backends import knn_search
     from pyg_lego.data.relation import _scores, coalesce_pattern
     from pyg_lego.data.similarity import prepare, resolve_score_map
-    from pyg_lego.nn import GraphPowerConv, LEGOFusion, two_hop_paths
+    from pyg_lego.nn import GraphPowerConv, LEGOFusion, masked_numba, \
+        two_hop_paths
 
     torch.manual_seed(0)
     k, P, M, d = args.k, args.P, args.views, args.dim
@@ -117,7 +122,7 @@ def measure_size(n: int, args) -> Dict:
         t_mm, _, _ = timed(matmuls, rep)
         res['baseline']['knn_matmul'] = t_mm
         res['flops_knn'] = 2.0 * M * n * n * d
-    # Pattern and scores (reusing the kNN similarities).
+    # The union pattern, and every score computed on it.
     parts = [r.edge_index for r in found.values()]
     ei = torch.cat(parts, 1)
     loop = torch.arange(n)
@@ -134,32 +139,39 @@ def measure_size(n: int, args) -> Dict:
     res['paths'] = paths.size(1)
     xs = list(views.values())
 
-    def expansion(mode, **kw):
+    def expansion(mode, paths_given=False, warm=False, **kw):
         conv = GraphPowerConv(P, mode=mode, **kw)
-        attr = edge_attr.clone().requires_grad_(True)
-        x_in = [x.clone().requires_grad_(True) for x in xs]
+        if warm:  # The cached index is built by a first call, not timed.
+            conv(edge_index, edge_attr, xs=xs, num_nodes=n)
 
         def run():
+            attr = edge_attr.clone().requires_grad_(True)
+            x_in = [x.clone().requires_grad_(True) for x in xs]
             out = conv(edge_index, attr, xs=x_in, num_nodes=n,
-                       path_index=paths if kw.get('memory_budget', 1) else None)
+                       path_index=paths if paths_given else None)
             out.sum().backward()
             return out.detach()
         return run
 
-    def forward_only(mode, **kw):
-        conv = GraphPowerConv(P, mode=mode, **kw)
-        return lambda: conv(edge_index, edge_attr, xs=xs, num_nodes=n,
-                            path_index=paths)
-
-    for name, mode, kw in (('elementwise', 'elementwise', {}),
-                           ('masked', 'masked', {}),
-                           ('masked_streamed', 'masked', {'memory_budget': 0}),
-                           ('propagated', 'propagated', {})):
+    for name, mode, kw in (
+            ('elementwise', 'elementwise', {}),
+            ('masked', 'masked', {}),
+            ('masked_cached', 'masked', {'cached': True, 'warm': True,
+                                         'memory_budget': None}),
+            ('masked_torch', 'masked', {'kernel': 'torch',
+                                        'paths_given': True}),
+            ('masked_streamed', 'masked', {'kernel': 'torch',
+                                           'memory_budget': 0}),
+            ('propagated', 'propagated', {})):
         t, mem, powers = timed(expansion(mode, **kw), rep)
         res['time'][name], res['mem'][name] = t, mem
-    res['time']['masked_forward'] = timed(forward_only('masked'), rep)[0]
-    res['time']['propagated_forward'] = timed(forward_only('propagated'),
-                                              rep)[0]
+    res['kernel'] = GraphPowerConv(P).kernel
+    masked_conv = GraphPowerConv(P, mode='masked')
+    res['time']['masked_forward'] = timed(lambda: masked_conv(
+        edge_index, edge_attr, num_nodes=n), rep)[0]
+    prop_conv = GraphPowerConv(P, mode='propagated')
+    res['time']['propagated_forward'] = timed(lambda: prop_conv(
+        edge_index, edge_attr, xs=xs, num_nodes=n), rep)[0]
     fusion = LEGOFusion(M, P, kind='polynomial')
     powers = powers.requires_grad_(True)
 
@@ -169,10 +181,25 @@ def measure_size(n: int, args) -> Dict:
     t, mem, _ = timed(fuse, rep)
     res['time']['fusion'], res['mem']['fusion'] = t, mem
 
-    # Masked power per order against torch.sparse.mm of the path matrix:
-    # the same non-zeros (one per path) and width (M).
+    # The orders of the masked power alone (all M views, normalised scores
+    # in, orders 2..P out) from a stored index, against torch.sparse.mm of
+    # the path matrix: the same non-zeros (one per path) and width (M).
     # Both id widths: MKL converts 64-bit ids on every call, so the 32-bit
     # matrix is the faster baseline.
+    from pyg_lego.nn import relation_norm
+    a = relation_norm(edge_index, edge_attr, n).contiguous()
+    if masked_numba.available():
+        pattern = masked_numba.Pattern(edge_index, n)
+        stored = masked_numba.StoredPaths(paths, pattern)
+        res['time']['masked_order'] = timed(
+            lambda: masked_numba.NumbaMaskedPower.apply(a, pattern, P, stored),
+            rep)[0] / max(1, P - 1)
+        res['time']['masked_order_walk'] = timed(
+            lambda: masked_numba.NumbaMaskedPower.apply(a, pattern, P), rep
+        )[0] / max(1, P - 1)
+        # Each path reads two ids and gathers two rows of M scores.
+        res['masked_GBps'] = paths.size(1) * (8 + 2 * M * a.element_size()) \
+            / res['time']['masked_order'] / 1e9
     path_mat = torch.sparse_coo_tensor(
         paths[[2, 0]], edge_attr[paths[1], 0], (E, E)).coalesce() \
         .to_sparse_csr()
@@ -198,15 +225,12 @@ def measure_size(n: int, args) -> Dict:
                 lambda: conv(xs[0], edge_index, w), rep)[0]
             res['baseline'][name + '_csr'] = M * timed(
                 lambda: conv(xs[0], adj_t), rep)[0]
-    # Memory bandwidth: bytes the masked power moves per order against a
-    # plain copy of a 256 MiB tensor.
+    # Memory bandwidth: a plain copy of a 256 MiB tensor, against which the
+    # masked orders' bytes per second are set.
     src = torch.empty(64 * 2**20)
     dst = torch.empty_like(src)
     t_copy = timed(lambda: dst.copy_(src), 3)[0]
     res['copy_GBps'] = 2 * src.numel() * 4 / t_copy / 1e9
-    per_order = (res['time']['masked_forward']) / max(1, P - 1)
-    moved = paths.size(1) * (3 * 8 + 3 * M * 4)
-    res['masked_GBps'] = moved / per_order / 1e9
 
     res['peak_rss_pipeline'] = resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -225,8 +249,7 @@ def measure_size(n: int, args) -> Dict:
     if fill <= args.dense_bytes:
         import numpy as np
         import scipy.sparse as sp
-        from pyg_lego.nn import relation_norm
-        a = relation_norm(edge_index, edge_attr, n).numpy()
+        a = a.numpy()
         r_, c_ = edge_index.numpy()
         mask = sp.csr_matrix((np.ones(E, np.float32), (r_, c_)), (n, n))
 
@@ -267,16 +290,20 @@ def measure_large_mode(args) -> Dict:
     from pyg_lego import LEGO
     saved = torch.load(args.large_cache)
     names = [f'view{m}' for m in range(args.views)]
-    xs = [saved[name] for name in names]
+    # The backward pass reaches the scores and the features (propagated
+    # mode), not only the fusion coefficients.
+    xs = [saved[name].requires_grad_() for name in names]
+    edge_attr = saved['edge_attr'].requires_grad_()
     model = LEGO(names, P=args.P, mode=args.mode, fusion='polynomial')
     model.expansion.memory_budget = args.path_budget
     t = time.perf_counter()
-    fused = model(saved['edge_index'], saved['edge_attr'], xs=xs,
+    fused = model(saved['edge_index'], edge_attr, xs=xs,
                   num_nodes=xs[0].size(0))
     t_fwd = time.perf_counter() - t
     fused.sum().backward()
-    return {'mode': args.mode, 'forward_s': t_fwd,
-            'total_s': time.perf_counter() - t,
+    assert edge_attr.grad is not None
+    return {'mode': args.mode, 'kernel': model.expansion.kernel,
+            'forward_s': t_fwd, 'total_s': time.perf_counter() - t,
             'peak_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             * 1024}
 
@@ -313,23 +340,29 @@ def summarize(results: List[Dict]) -> Dict:
             'N': r['N'], 'E': r['E'], 'paths': r['paths'],
             'knn_backend': r['knn_backend'],
             'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'), t['knn']),
-            'masked_order_vs_sparse_mm': ratio(
-                t['masked_forward'] / max(1, r['P'] - 1), b['sparse_mm']),
+            'kernel': r.get('kernel'),
+            'masked_order_vs_sparse_mm': ratio(t.get('masked_order'),
+                                               b['sparse_mm']),
+            'masked_walk_order_vs_sparse_mm': ratio(
+                t.get('masked_order_walk'), b['sparse_mm']),
             # Against the faster of PyG's two propagation paths.
             'propagated_vs_sgconv': ratio(t['propagated_forward'], min(
                 b['sgconv'], b.get('sgconv_csr', b['sgconv']))),
             'propagated_vs_tagconv': ratio(t['propagated_forward'], min(
                 b['tagconv'], b.get('tagconv_csr', b['tagconv']))),
-            'masked_bandwidth_vs_copy': r['masked_GBps'] / r['copy_GBps'],
-            # Forward passes: ours from features (kNN, scores, paths, masked
-            # power) against dense; the masked power with its paths against
-            # SciPy's (A @ A).multiply(mask).
-            'masked_vs_dense': ratio(t['knn'] + t['scores'] + t['paths'] +
+            'masked_bandwidth_vs_copy': ratio(r.get('masked_GBps'),
+                                              r['copy_GBps']),
+            # Forward passes: ours from features (kNN, scores, masked power)
+            # against dense; the masked power against SciPy's
+            # (A @ A).multiply(mask).
+            'masked_vs_dense': ratio(t['knn'] + t['scores'] +
                                      t['masked_forward'],
                                      b.get('dense_masked')),
-            'masked_vs_scipy': ratio(t['paths'] + t['masked_forward'],
+            'masked_vs_scipy': ratio(t['masked_forward'],
                                      b.get('scipy_masked')),
-            'streamed_vs_stored': ratio(t['masked_streamed'], t['masked']),
+            'torch_stored_vs_default': ratio(t['masked_torch'], t['masked']),
+            'torch_streamed_vs_default': ratio(t['masked_streamed'],
+                                               t['masked']),
             'pipeline_peak_rss_GiB': r['peak_rss_pipeline'] / 2**30,
         })
     sizes = [r['N'] for r in results]
@@ -409,7 +442,7 @@ def plot(results: List[Dict], path: str) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--sizes', type=int, nargs='+',
-                   default=[2000, 4000, 8000, 16000])
+                   default=[4000, 8000, 16000, 32000, 64000])
     p.add_argument('--k', type=int, default=16)
     p.add_argument('--P', type=int, default=3)
     p.add_argument('--views', type=int, default=3)
@@ -462,6 +495,8 @@ def main(argv=None):
                           args.large_cache, '--path-budget',
                           str(args.path_budget)], 7200)
             print(out[mode], flush=True)
+        # Other jobs on a shared machine slow every stage: record the load.
+        out['load_average_end'] = os.getloadavg()[0]
         with open(os.path.join(args.out, 'large.json'), 'w') as f:
             json.dump(out, f, indent=1)
         return

@@ -1,0 +1,52 @@
+r"""The benchmark scripts run end to end at a tiny size and write what the
+README reads from them."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALE = os.path.join(ROOT, 'benchmarks', 'scale.py')
+
+
+def run(*args, timeout=600):
+    out = subprocess.run([sys.executable, SCALE, *args], capture_output=True,
+                         text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_scale_benchmark_writes_json_markdown_and_plot(tmp_path):
+    pytest.importorskip('matplotlib')
+    pytest.importorskip('scipy')
+    run('--sizes', '300', '600', '--views', '2', '--dim', '8', '--k', '4',
+        '--out', str(tmp_path))
+    result = json.loads((tmp_path / 'scale.json').read_text())
+    rows = result['summary']['rows']
+    assert [r['N'] for r in rows] == [300, 600]
+    for r in result['results']:
+        for stage in ('knn', 'masked', 'masked_cached', 'masked_torch',
+                      'masked_streamed', 'propagated', 'fusion'):
+            assert r['time'][stage] > 0
+        assert r['baseline']['sparse_mm'] > 0
+        assert r['baseline']['dense_masked'] > 0  # small enough for dense
+    # The per-order ratio times the numba kernel, where it is installed.
+    has_numba = importlib.util.find_spec('numba') is not None
+    assert all((r['masked_order_vs_sparse_mm'] is not None) == has_numba
+               for r in rows)
+    assert (tmp_path / 'scale.md').read_text().count('| 600 |') >= 3
+    assert (tmp_path / 'scale.png').stat().st_size > 0
+
+
+def test_large_run_builds_then_runs_every_mode(tmp_path):
+    run('--large', '--large-n', '3000', '--views', '2', '--dim', '8', '--k',
+        '4', '--large-cache', str(tmp_path / 'graph.pt'), '--out',
+        str(tmp_path))
+    result = json.loads((tmp_path / 'large.json').read_text())
+    assert result['build']['N'] == 3000
+    for mode in ('elementwise', 'propagated', 'masked'):
+        assert result[mode]['total_s'] >= result[mode]['forward_s'] > 0
+        assert result[mode]['peak_rss'] > 0
