@@ -102,7 +102,9 @@ def measure_size(n: int, args) -> Dict:
     views = make_views(n, M, d)
     res: Dict = {'N': n, 'k': k, 'P': P, 'views': M, 'dim': d,
                  'time': {}, 'mem': {}, 'baseline': {}}
-    rep = 1 if n >= 50_000 else 3
+    # Best of several runs; at least 2, so that one-off costs (numba
+    # compiling its kernels, first touch of fresh memory) are not timed.
+    rep = 2 if n >= 50_000 else 3
 
     # kNN: our search against the bare matrix products of the same blocks.
     backend = args.backend

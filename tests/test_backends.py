@@ -110,6 +110,13 @@ def test_ivf_tuning_stops_at_an_exhaustive_search():
     assert res.settings['tuned_recall'] == pytest.approx(1.0)
 
 
+def test_tuning_sample_must_not_be_empty():
+    pytest.importorskip('faiss')
+    with pytest.raises(ValueError, match='tune_sample'):
+        knn_search(clustered(200, 8), 4, backend='faiss-ivf',
+                   options={'tune_sample': 0})
+
+
 def test_auto_runs_exact_on_small_input():
     x = clustered(100, 8)
     res = knn_search(x, 3)

@@ -183,9 +183,12 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         # share of its exact neighbours (the index is built once).
         # Its own seed: the recall reported by knn_recall is then measured
         # on another sample than the one the search was tuned on.
+        size = int(options.get('tune_sample', TUNE_SAMPLE))
+        if size < 1:
+            raise ValueError(f"knn_options['tune_sample'] must be >= 1, got "
+                             f"{size}")
         tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
-        sample = torch.randperm(n, generator=tune)[
-            :int(options.get('tune_sample', TUNE_SAMPLE))].to(z.device)
+        sample = torch.randperm(n, generator=tune)[:size].to(z.device)
         exact = _exact_sample(z, sample, k, similarity)
         while True:
             configure()

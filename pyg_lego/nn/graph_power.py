@@ -12,7 +12,8 @@ from pyg_lego.data.similarity import (CSRPattern, check_similarity,
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn import masked_numba
 from pyg_lego.nn.norm import relation_norm
-from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK, PathPlan, two_hop_paths
+from pyg_lego.nn.path_index import (DEFAULT_PATH_CHUNK, PathPlan,
+                                    sort_by_closing, two_hop_paths)
 from pyg_lego.nn.spmm import csr_matmul
 
 MODES = ('elementwise', 'masked', 'propagated')
@@ -378,7 +379,7 @@ class GraphPowerConv(MessagePassing):
                 orders.append(torch.zeros_like(a).index_add(
                     0, closing, orders[-1][first] * a_second))
         elif self.P >= 2:
-            orders.extend(MaskedPower.apply(a, _by_closing(paths), self.P)
+            orders.extend(MaskedPower.apply(a, sort_by_closing(paths), self.P)
                           .unbind(-1))
         return torch.stack(orders, dim=-1)
 
@@ -572,14 +573,6 @@ class StreamedMaskedPower(torch.autograd.Function):
                 carry.index_add_(0, first, g_path * a[second])
                 grad_a.index_add_(0, second, g_path * prev[first])
         return grad_a + carry, None, None
-
-
-def _by_closing(paths: Tensor) -> Tensor:
-    r"""A path index sorted by closing edge (a no-op if it is)."""
-    closing = paths[2]
-    if closing.numel() > 1 and not bool((closing[1:] >= closing[:-1]).all()):
-        return paths[:, torch.sort(closing, stable=True).indices]
-    return paths
 
 
 def _assert_coalesced(edge_index: Tensor, num_nodes: int) -> None:

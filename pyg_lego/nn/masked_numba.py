@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_lego.nn.path_index import sort_by_closing
+
 
 @lru_cache(maxsize=None)
 def available() -> bool:
@@ -214,11 +216,7 @@ class StoredPaths:
         num_edges = pattern.col.numel()
         ids = torch.int32 if max(num_edges, paths.size(1)) < 2**31 - 1 \
             else torch.long
-        paths = pattern.edge_ids(paths)
-        closing = paths[2]
-        if closing.numel() > 1 and not bool(
-                (closing[1:] >= closing[:-1]).all()):
-            paths = paths[:, torch.sort(closing, stable=True).indices]
+        paths = sort_by_closing(pattern.edge_ids(paths))
         self.ptr = _rowptr(paths[2], num_edges, ids)
         self.first = paths[0].to(ids)
         self.second = paths[1].to(ids)

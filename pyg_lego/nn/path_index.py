@@ -84,6 +84,14 @@ class PathPlan:
                 yield e1, e2, pos, hit
 
 
+def sort_by_closing(paths: Tensor) -> Tensor:
+    r"""A path index sorted by closing edge, stably (itself if it is)."""
+    closing = paths[2]
+    if closing.numel() > 1 and not bool((closing[1:] >= closing[:-1]).all()):
+        return paths[:, torch.sort(closing, stable=True).indices]
+    return paths
+
+
 def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
                   chunk_size: int = DEFAULT_PATH_CHUNK,
                   max_paths: Optional[int] = None) -> Optional[Tensor]:
