@@ -35,47 +35,45 @@ def available() -> bool:
 def _kernels():
     import numba
 
-    @numba.njit(parallel=True, cache=False, nogil=True)
-    def row_pass(rowptr, col, src, weight, out, num_nodes, num_chunks):
-        r"""``out[(i, j)] += src[(i, l)] * weight[(l, j)]`` over the paths
-        ``i -> l -> j`` closed by ``(i, j)``."""
-        n = rowptr.size - 1
-        views = src.shape[1]
-        for c in numba.prange(num_chunks):
-            marker = np.full(num_nodes, -1, rowptr.dtype)
-            for i in range(c * n // num_chunks, (c + 1) * n // num_chunks):
-                for e in range(rowptr[i], rowptr[i + 1]):
-                    marker[col[e]] = e
-                for e1 in range(rowptr[i], rowptr[i + 1]):
-                    l = col[e1]
-                    for e2 in range(rowptr[l], rowptr[l + 1]):
-                        e = marker[col[e2]]
-                        if e >= 0:
-                            for m in range(views):
-                                out[e, m] += src[e1, m] * weight[e2, m]
-                for e in range(rowptr[i], rowptr[i + 1]):
-                    marker[col[e]] = -1
+    @numba.njit(inline='always')
+    def forward_step(out, src, weight, e, e1, e2):
+        for m in range(out.shape[1]):
+            out[e, m] += src[e1, m] * weight[e2, m]
 
-    @numba.njit(parallel=True, cache=False, nogil=True)
-    def carry_pass(rowptr, col, grad, weight, out, num_nodes, num_chunks):
-        r"""``out[(i, l)] += grad[(i, j)] * weight[(l, j)]`` over the same
-        paths: the gradient that order ``p`` passes to order ``p - 1``."""
-        n = rowptr.size - 1
-        views = grad.shape[1]
-        for c in numba.prange(num_chunks):
-            marker = np.full(num_nodes, -1, rowptr.dtype)
-            for i in range(c * n // num_chunks, (c + 1) * n // num_chunks):
-                for e in range(rowptr[i], rowptr[i + 1]):
-                    marker[col[e]] = e
-                for e1 in range(rowptr[i], rowptr[i + 1]):
-                    l = col[e1]
-                    for e2 in range(rowptr[l], rowptr[l + 1]):
-                        e = marker[col[e2]]
-                        if e >= 0:
-                            for m in range(views):
-                                out[e1, m] += grad[e, m] * weight[e2, m]
-                for e in range(rowptr[i], rowptr[i + 1]):
-                    marker[col[e]] = -1
+    @numba.njit(inline='always')
+    def carry_step(out, grad, weight, e, e1, e2):
+        for m in range(out.shape[1]):
+            out[e1, m] += grad[e, m] * weight[e2, m]
+
+    def walk(step):
+        r"""A pass over the paths ``i -> l -> j`` closed by ``(i, j)``, by
+        rows ``i``, calling :obj:`step` with the ids ``e`` of ``(i, j)``,
+        ``e1`` of ``(i, l)`` and ``e2`` of ``(l, j)`` (numba compiles the
+        step into the loop)."""
+        @numba.njit(parallel=True, cache=False, nogil=True)
+        def walk_pass(rowptr, col, src, weight, out, num_nodes, num_chunks):
+            n = rowptr.size - 1
+            for c in numba.prange(num_chunks):
+                marker = np.full(num_nodes, -1, rowptr.dtype)
+                for i in range(c * n // num_chunks,
+                               (c + 1) * n // num_chunks):
+                    for e in range(rowptr[i], rowptr[i + 1]):
+                        marker[col[e]] = e
+                    for e1 in range(rowptr[i], rowptr[i + 1]):
+                        l = col[e1]
+                        for e2 in range(rowptr[l], rowptr[l + 1]):
+                            e = marker[col[e2]]
+                            if e >= 0:
+                                step(out, src, weight, e, e1, e2)
+                    for e in range(rowptr[i], rowptr[i + 1]):
+                        marker[col[e]] = -1
+        return walk_pass
+
+    # out[(i, j)] += src[(i, l)] * weight[(l, j)]: one order of the power.
+    row_pass = walk(forward_step)
+    # out[(i, l)] += grad[(i, j)] * weight[(l, j)]: the gradient that order
+    # p passes to order p - 1.
+    carry_pass = walk(carry_step)
 
     @numba.njit(parallel=True, cache=False, nogil=True)
     def weight_pass(rowptr, col, t_rowptr, t_src, t_edge, grad, prev, out,
