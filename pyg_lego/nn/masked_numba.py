@@ -12,8 +12,8 @@ only, so the threads never write to the same place.
 
 Where a path index is kept (given, or cached for a fixed graph), the
 forward orders read it instead, as a CSR matrix over the closing edges
-(:class:`StoredPaths`): one gather of each of the two path edges per path,
-about the cost of a sparse-dense product with as many non-zeros.
+(:class:`StoredPaths`): two gathered rows per path, where a sparse-dense
+product with as many non-zeros gathers one.
 """
 from functools import lru_cache
 from typing import Optional
