@@ -135,3 +135,24 @@ def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
         perm, torch.arange(data.num_edges))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+
+
+def test_numba_that_fails_to_import_counts_as_absent(monkeypatch):
+    import builtins
+    from pyg_lego.nn import masked_numba
+    real = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == 'numba':
+            raise AttributeError('numba built against another NumPy')
+        return real(name, *args, **kwargs)
+    masked_numba.available.cache_clear()
+    monkeypatch.setattr(builtins, '__import__', broken)
+    try:
+        assert not masked_numba.available()
+        _, data = graph(n=40, widths=(3,))
+        conv = GraphPowerConv(3)  # 'auto' runs the torch kernel instead
+        assert conv(data.edge_index, data.edge_attr).shape == \
+            (data.num_edges, 1, 4)
+    finally:
+        masked_numba.available.cache_clear()

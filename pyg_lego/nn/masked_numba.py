@@ -27,8 +27,14 @@ from pyg_lego.nn.path_index import sort_by_closing
 
 @lru_cache(maxsize=None)
 def available() -> bool:
-    import importlib.util
-    return importlib.util.find_spec('numba') is not None
+    r"""Whether numba imports (an install that fails to import, e.g.
+    against a NumPy it does not support, counts as absent, so that
+    :obj:`kernel='auto'` falls back to torch)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 @lru_cache(maxsize=None)
