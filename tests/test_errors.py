@@ -38,9 +38,10 @@ def bad_value(value, row=2, col=1):
     (views(flow=torch.randn(10)), r"view 'flow' must have shape \[N, d\]"),
     (views(flow=[[1.0]]), r"view 'flow' must be a torch.Tensor"),
     (views(cites=GivenGraph(torch.tensor([[0, 1], [2, 40]]))),
-     r"given graph 'cites' has node index 40 out of range for 10 nodes"),
+     r"given graph 'cites': edge_index has node index 40 out of range for "
+     r"10 nodes"),
     (views(cites=GivenGraph(torch.tensor([[0, -1], [2, 3]]))),
-     r"given graph 'cites' has node index -1 out of range"),
+     r"given graph 'cites': edge_index has node index -1 out of range"),
     (views(cites=GivenGraph(torch.tensor([[0, 1], [2, 3]]),
                             torch.tensor([1.0, -2.0]))),
      r"given graph 'cites' has negative weights"),
@@ -48,7 +49,7 @@ def bad_value(value, row=2, col=1):
                             torch.tensor([1.0]))),
      r"given graph 'cites' needs edge_weight of shape \[2\]"),
     (views(cites=GivenGraph(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))),
-     r"given graph 'cites' has edge_index of dtype torch.float32"),
+     r"given graph 'cites': edge_index has dtype torch.float32"),
 ])
 def test_bad_views(entry, given, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -118,7 +119,8 @@ def test_expansion_input_errors():
         conv(data.edge_index, data.edge_attr[:-1], xs=[data.x_rgb,
                                                        data.x_flow])
     extra = torch.cat([data.edge_index, torch.tensor([[10], [10]])], 1)
-    with pytest.raises(ValueError, match=r'edge_index refers to node 10 but'):
+    with pytest.raises(ValueError,
+                       match=r'edge_index has node index 10 out of range'):
         GraphPowerConv(2)(extra, torch.cat([data.edge_attr,
                                             data.edge_attr[:1]]), num_nodes=10)
     with pytest.raises(ValueError, match=r'expected input \[\|E\|, 2, 3\]'):

@@ -67,20 +67,8 @@ def coalesce_pattern(edge_index: Tensor, num_nodes: int) -> Tensor:
 
 
 def _check_given(name: str, g: GivenGraph, num_nodes: Optional[int]) -> None:
-    ei = g.edge_index
-    if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
-        raise ValueError(f"given graph '{name}' needs edge_index of shape "
-                         f"[2, E], got "
-                         f"{list(ei.shape) if isinstance(ei, Tensor) else ei}")
-    if ei.dtype != torch.long:
-        raise TypeError(f"given graph '{name}' has edge_index of dtype "
-                        f"{ei.dtype}; it must be torch.long")
-    if num_nodes is not None and ei.numel() > 0:
-        lo, hi = int(ei.min()), int(ei.max())
-        if lo < 0 or hi >= num_nodes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"given graph '{name}' has node index {bad} out "
-                             f"of range for {num_nodes} nodes")
+    ei = check_edge_index(g.edge_index, num_nodes,
+                          what=f"given graph '{name}': edge_index")
     w = g.edge_weight
     if w is not None:
         if not isinstance(w, Tensor) or w.dim() != 1 or w.numel() != ei.size(1):

@@ -2,10 +2,11 @@ r"""Similarity functions and score maps of the relation graphs (METHOD.md, secti
 
 Edge-wise scores are computed by an autograd function that never holds an
 ``[|E|, d]`` tensor, in the forward pass or in the backward pass: dot products
-on row-sorted edges are one sampled matrix product on the CSR pattern (and two
-sparse-dense products backwards); otherwise the edges are taken in chunks.
+on row-sorted edges are one sampled matrix product on the CSR pattern (and one
+or two sparse-dense products backwards); otherwise the edges are taken in
+chunks.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -68,6 +69,21 @@ def _chunks(num: int, chunk_size: int):
         yield start, min(start + chunk_size, num)
 
 
+def id_dtype(*sizes: int) -> torch.dtype:
+    r"""32-bit ids where every size fits them (MKL's CSR products convert
+    64-bit ids on every call), else 64-bit."""
+    return torch.int32 if max(sizes, default=0) < 2**31 - 1 else torch.long
+
+
+def csr_rowptr(index: Tensor, num: int, dtype: torch.dtype = torch.long
+               ) -> Tensor:
+    r"""The CSR row pointer :math:`(\mathrm{num} + 1,)` of the sorted row
+    ids :obj:`index`."""
+    ptr = torch.zeros(num + 1, dtype=dtype, device=index.device)
+    torch.cumsum(torch.bincount(index, minlength=num), 0, out=ptr[1:])
+    return ptr
+
+
 class CSRPattern:
     r"""A row-sorted pattern of :math:`|\mathcal{E}|` edges as CSR (32-bit
     ids where they fit), which turns edge values into sparse matrices and
@@ -81,11 +97,10 @@ class CSRPattern:
 
     def __init__(self, row: Tensor, col: Tensor, num_rows: int,
                  num_cols: int):
-        ids = torch.int32 if max(row.numel(), num_rows, num_cols) < \
-            2**31 - 1 else torch.long
+        ids = id_dtype(row.numel(), num_rows, num_cols)
         self.row, self.col = row, col
         self.shape = (num_rows, num_cols)
-        self.crow = _rowptr(row, num_rows, ids)
+        self.crow = csr_rowptr(row, num_rows, ids)
         self.col_ids = col.to(ids)
         self._t = None
 
@@ -95,11 +110,14 @@ class CSRPattern:
         return torch.sparse_csr_tensor(self.crow, self.col_ids, values,
                                        self.shape, check_invariants=False)
 
-    def _transpose(self):
+    def transpose(self) -> Tuple[Tensor, Tensor, Tensor, bool]:
+        r"""The transposed pattern, computed once: the permutation from
+        transposed order to edge ids, its row pointer and column ids, and
+        whether it equals the pattern."""
         if self._t is None:
             num_rows, num_cols = self.shape
             perm = torch.sort(self.col * num_rows + self.row).indices
-            crow = _rowptr(self.col, num_cols, self.crow.dtype)
+            crow = csr_rowptr(self.col, num_cols, self.crow.dtype)
             col = self.row[perm].to(self.crow.dtype)
             symmetric = num_rows == num_cols and torch.equal(crow, self.crow) \
                 and torch.equal(col, self.col_ids)
@@ -109,11 +127,11 @@ class CSRPattern:
     @property
     def symmetric(self) -> bool:
         r"""Whether the pattern equals its transpose (as kNN unions do)."""
-        return self._transpose()[3]
+        return self.transpose()[3]
 
     def transposed(self, values: Tensor) -> Tensor:
         r"""The transpose of :meth:`matrix`, as a CSR matrix."""
-        perm, crow, col, _ = self._transpose()
+        perm, crow, col, _ = self.transpose()
         return torch.sparse_csr_tensor(crow, col, values[perm],
                                        (self.shape[1], self.shape[0]),
                                        check_invariants=False)
@@ -122,13 +140,9 @@ class CSRPattern:
         r"""The values of :math:`\mathbf{G} + \mathbf{G}^\top` on a
         :attr:`symmetric` pattern, for :obj:`values` those of
         :math:`\mathbf{G}`."""
-        return values + values[self._transpose()[0]]
+        return values + values[self.transpose()[0]]
 
 
-def _rowptr(index: Tensor, num: int, dtype) -> Tensor:
-    ptr = torch.zeros(num + 1, dtype=dtype, device=index.device)
-    torch.cumsum(torch.bincount(index, minlength=num), 0, out=ptr[1:])
-    return ptr
 
 
 def csr_pattern(row: Tensor, col: Tensor, num_rows: int, num_cols: int,

@@ -63,8 +63,8 @@ def check_edge_index(edge_index: Any, num_nodes: Optional[int] = None,
     if num_nodes is not None and edge_index.numel() > 0:
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
-            raise ValueError(f"{what} refers to node {lo if lo < 0 else hi} "
-                             f"but there are only {num_nodes} nodes")
+            raise ValueError(f"{what} has node index {lo if lo < 0 else hi} "
+                             f"out of range for {num_nodes} nodes")
     return edge_index
 
 

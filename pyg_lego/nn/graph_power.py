@@ -6,7 +6,8 @@ from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn.conv import MessagePassing
 
 from pyg_lego.data.similarity import (CSRPattern, check_similarity,
-                                      csr_pattern, default_gamma,
+                                      csr_pattern, csr_rowptr, default_gamma,
+                                      id_dtype,
                                       edge_similarity, prepare,
                                       resolve_score_map)
 from pyg_lego.data.validation import check_edge_index, check_order
@@ -481,13 +482,8 @@ class MaskedPower(torch.autograd.Function):
     def forward(ctx, a: Tensor, paths: Tensor, P: int) -> Tensor:
         first, second, closing = paths[0], paths[1], paths[2]
         num_edges = a.size(0)
-        # 32-bit ids where they fit: the CPU (MKL) product converts 64-bit
-        # ones on every call.
-        ids = torch.int32 if max(num_edges, first.numel()) < 2**31 - 1 \
-            else torch.long
-        rowptr = torch.zeros(num_edges + 1, dtype=ids, device=a.device)
-        torch.cumsum(torch.bincount(closing, minlength=num_edges), 0,
-                     out=rowptr[1:])
+        ids = id_dtype(num_edges, first.numel())
+        rowptr = csr_rowptr(closing, num_edges, ids)
         col = first.to(ids)
         a_t = a.t().contiguous()
         mats = [torch.sparse_csr_tensor(rowptr, col, a_m[second],

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_lego.data.similarity import CSRPattern, csr_rowptr, id_dtype
 from pyg_lego.nn.path_index import sort_by_closing
 
 
@@ -163,15 +164,11 @@ class Pattern:
             row, col = row[self.edge_perm], col[self.edge_perm]
             self.edge_rank = torch.empty_like(self.edge_perm)
             self.edge_rank[self.edge_perm] = torch.arange(num_edges)
-        ids = torch.int32 if max(num_edges, num_nodes) < 2**31 - 1 \
-            else torch.long
         self.num_nodes = num_nodes
-        self.rowptr = _rowptr(row, num_nodes, ids)
-        self.col = col.to(ids)
-        perm = torch.sort(col * num_nodes + row).indices
-        self.t_rowptr = _rowptr(col, num_nodes, ids)
-        self.t_src = row[perm].to(ids)
-        self.t_edge = perm.to(ids)
+        csr = CSRPattern(row, col, num_nodes, num_nodes)
+        self.rowptr, self.col = csr.crow, csr.col_ids
+        perm, self.t_rowptr, self.t_src, _ = csr.transpose()
+        self.t_edge = perm.to(self.col.dtype)
         # Several chunks per thread even out rows of unequal work.
         self.num_chunks = max(1, min(num_nodes,
                                      16 * torch.get_num_threads()))
@@ -218,19 +215,11 @@ class StoredPaths:
 
     def __init__(self, paths: Tensor, pattern: Pattern):
         num_edges = pattern.col.numel()
-        ids = torch.int32 if max(num_edges, paths.size(1)) < 2**31 - 1 \
-            else torch.long
+        ids = id_dtype(num_edges, paths.size(1))
         paths = sort_by_closing(pattern.edge_ids(paths))
-        self.ptr = _rowptr(paths[2], num_edges, ids)
+        self.ptr = csr_rowptr(paths[2], num_edges, ids)
         self.first = paths[0].to(ids)
         self.second = paths[1].to(ids)
-
-
-def _rowptr(index: Tensor, num_nodes: int, dtype) -> Tensor:
-    ptr = torch.zeros(num_nodes + 1, dtype=dtype)
-    torch.cumsum(torch.bincount(index, minlength=num_nodes), 0,
-                 out=ptr[1:])
-    return ptr
 
 
 def _set_threads():

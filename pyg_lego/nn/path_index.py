@@ -4,17 +4,11 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from pyg_lego.data.similarity import csr_rowptr
 from pyg_lego.data.validation import check_edge_index
 
 #: Default number of candidate paths examined at once.
 DEFAULT_PATH_CHUNK = 1 << 22
-
-
-def csr_rowptr(row: Tensor, num_nodes: int) -> Tensor:
-    deg = torch.bincount(row, minlength=num_nodes)
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=row.device)
-    torch.cumsum(deg, 0, out=rowptr[1:])
-    return rowptr
 
 
 class PathPlan:
