@@ -1,5 +1,7 @@
 r"""The numba kernels of the masked power against the torch ones and the
 dense oracle."""
+import os
+
 import pytest
 import torch
 
@@ -156,3 +158,38 @@ def test_numba_that_fails_to_import_counts_as_absent(monkeypatch):
             (data.num_edges, 1, 4)
     finally:
         masked_numba.available.cache_clear()
+
+
+def test_kernels_run_on_one_openmp_runtime():
+    # In a fresh process: numba's 'omp' layer would load a second libgomp
+    # beside torch's.
+    import subprocess
+    import sys
+    code = (
+        "import torch, numba\n"
+        "from pyg_lego import build_relation_graph\n"
+        "from pyg_lego.nn import GraphPowerConv\n"
+        "d = build_relation_graph({'a': torch.randn(80, 4)}, k=5)\n"
+        "GraphPowerConv(3, kernel='numba', dense_blocks=False)("
+        "d.edge_index, d.edge_attr)\n"
+        "libs = {l.split()[-1] for l in open('/proc/self/maps') "
+        "if 'libgomp' in l}\n"
+        "print(numba.threading_layer(), len(libs))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k != 'NUMBA_THREADING_LAYER'}
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['workqueue', '1']
+
+
+def test_kernels_called_from_two_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+    _, data = graph(n=150)
+    conv = GraphPowerConv(3, kernel='numba', dense_blocks=False)
+    ref = conv(data.edge_index, data.edge_attr)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: conv(data.edge_index, data.edge_attr),
+                             range(6)))
+    for out in outs:
+        assert torch.equal(out, ref)

@@ -15,6 +15,8 @@ forward orders read it instead, as a CSR matrix over the closing edges
 (:class:`StoredPaths`): two gathered rows per path, where a sparse-dense
 product with as many non-zeros gathers one.
 """
+import os
+import threading
 from functools import lru_cache
 from typing import Optional
 
@@ -24,6 +26,11 @@ from torch import Tensor
 
 from pyg_lego.data.similarity import CSRPattern, csr_rowptr, id_dtype
 from pyg_lego.nn.path_index import sort_by_closing
+
+
+#: Serialises kernel calls: the kernels release the GIL, and numba's
+#: 'workqueue' threading layer must not be entered by two threads at once.
+_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=None)
@@ -41,6 +48,13 @@ def available() -> bool:
 @lru_cache(maxsize=None)
 def _kernels():
     import numba
+    if 'NUMBA_THREADING_LAYER' not in os.environ:
+        # numba's default 'omp' layer loads the system libgomp beside the one
+        # torch ships, two OpenMP runtimes in one process (a DDP test rank
+        # hung once in CI with both loaded). numba's own 'workqueue' pool is
+        # as fast on these kernels; _LOCK keeps its calls one at a time, as
+        # that layer requires.
+        numba.config.THREADING_LAYER = 'workqueue'
 
     @numba.njit(inline='always')
     def forward_step(out, src, weight, e, e1, e2):
@@ -228,9 +242,14 @@ def _set_threads():
                                      numba.config.NUMBA_NUM_THREADS)))
 
 
+def _call(kernel, *args):
+    with _LOCK:
+        _set_threads()
+        kernel(*args)
+
+
 def _run(kernel, pattern: Pattern, *args):
-    _set_threads()
-    kernel(*args, pattern.num_nodes, pattern.num_chunks)
+    _call(kernel, *args, pattern.num_nodes, pattern.num_chunks)
 
 
 class NumbaMaskedPower(torch.autograd.Function):
@@ -253,11 +272,9 @@ class NumbaMaskedPower(torch.autograd.Function):
                 _run(row_pass, pattern, rowptr, col, orders[-1].numpy(),
                      a.numpy(), out.numpy())
             else:
-                _set_threads()
-                _path_kernel(a.size(1))(
-                    paths.ptr.numpy(), paths.first.numpy(),
-                    paths.second.numpy(), orders[-1].numpy(), a.numpy(),
-                    out.numpy())
+                _call(_path_kernel(a.size(1)), paths.ptr.numpy(),
+                      paths.first.numpy(), paths.second.numpy(),
+                      orders[-1].numpy(), a.numpy(), out.numpy())
             orders.append(out)
         ctx.pattern = pattern
         ctx.save_for_backward(*orders[:-1])
