@@ -28,12 +28,19 @@ import time
 from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: ``masked``: the default kernel (numba, walking the pattern, no index);
+#: ``paths``: the path index in torch (:func:`two_hop_paths`);
+#: ``paths_numba``: the same paths by the numba walks (``StoredPaths``);
+#: ``masked``: the default kernel (numba: enumerates the paths, then reads
+#: them, where they fit the default budget, as they do up to 64,000 nodes);
+#: ``masked_walk``: numba walking the pattern, no index (budget 0: what
+#: larger graphs get);
 #: ``masked_cached``: numba reading a path index cached by an earlier call;
 #: ``masked_torch``: torch sparse products over a given path index;
 #: ``masked_streamed``: torch, streamed (memory budget 0).
-STAGES = ('knn', 'scores', 'paths', 'elementwise', 'masked', 'masked_cached',
-          'masked_torch', 'masked_streamed', 'propagated', 'fusion')
+#: The numba stages are n/a where numba is not installed.
+STAGES = ('knn', 'scores', 'paths', 'paths_numba', 'elementwise', 'masked',
+          'masked_walk', 'masked_cached', 'masked_torch', 'masked_streamed',
+          'propagated', 'fusion')
 
 
 def rss_bytes() -> int:
@@ -139,6 +146,12 @@ def measure_size(n: int, args) -> Dict:
     t, mem, paths = timed(lambda: two_hop_paths(edge_index, n), rep)
     res['time']['paths'], res['mem']['paths'] = t, mem
     res['paths'] = paths.size(1)
+    res['time']['paths_numba'] = res['mem']['paths_numba'] = None
+    if masked_numba.available():
+        pattern = masked_numba.Pattern(edge_index, n)
+        t, mem, _ = timed(lambda: masked_numba.StoredPaths.enumerate(pattern),
+                          rep)
+        res['time']['paths_numba'], res['mem']['paths_numba'] = t, mem
     xs = list(views.values())
 
     def expansion(mode, paths_given=False, warm=False, **kw):
@@ -155,9 +168,13 @@ def measure_size(n: int, args) -> Dict:
             return out.detach()
         return run
 
+    res['time']['masked_walk'] = res['mem']['masked_walk'] = None
     for name, mode, kw in (
             ('elementwise', 'elementwise', {}),
             ('masked', 'masked', {}),
+            *([('masked_walk', 'masked', {'kernel': 'numba',
+                                          'memory_budget': 0})]
+              if masked_numba.available() else []),
             ('masked_cached', 'masked', {'cached': True, 'warm': True,
                                          'memory_budget': None}),
             ('masked_torch', 'masked', {'kernel': 'torch',
@@ -192,7 +209,7 @@ def measure_size(n: int, args) -> Dict:
     a = relation_norm(edge_index, edge_attr, n).contiguous()
     if masked_numba.available():
         pattern = masked_numba.Pattern(edge_index, n)
-        stored = masked_numba.StoredPaths(paths, pattern)
+        stored = masked_numba.StoredPaths.from_index(paths, pattern)
         res['time']['masked_order'] = timed(
             lambda: masked_numba.NumbaMaskedPower.apply(a, pattern, P, stored),
             rep)[0] / max(1, P - 1)
@@ -321,8 +338,8 @@ def subprocess_json(extra: List[str], timeout: float) -> Dict:
 
 
 def slope(xs, ys) -> float:
-    lx = [math.log(x) for x, y in zip(xs, ys) if y > 0]
-    ly = [math.log(y) for y in ys if y > 0]
+    lx = [math.log(x) for x, y in zip(xs, ys) if y is not None and y > 0]
+    ly = [math.log(y) for y in ys if y is not None and y > 0]
     if len(lx) < 2:
         return float('nan')
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
@@ -362,6 +379,7 @@ def summarize(results: List[Dict]) -> Dict:
                                      b.get('dense_masked')),
             'masked_vs_scipy': ratio(t['masked_forward'],
                                      b.get('scipy_masked')),
+            'walk_vs_default': ratio(t['masked_walk'], t['masked']),
             'torch_stored_vs_default': ratio(t['masked_torch'], t['masked']),
             'torch_streamed_vs_default': ratio(t['masked_streamed'],
                                                t['masked']),
@@ -392,7 +410,7 @@ def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
              f"{meta['views']} views of width {meta['dim']}; 1-minute load "
              f"average after each size: {loads}.", '',
              '### Time (s) per stage, forward and backward', '',
-             '| N | |E| | paths | ' + ' | '.join(STAGES) + ' |',
+             '| N | |E| | #paths | ' + ' | '.join(STAGES) + ' |',
              '|---' * (len(STAGES) + 3) + '|']
     for r in results:
         lines.append(f"| {r['N']} | {r['E']} | {r['paths']} | " +
@@ -402,7 +420,8 @@ def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
               '|---' * (len(STAGES) + 2) + '|']
     for r in results:
         lines.append(f"| {r['N']} | " + ' | '.join(
-            fmt(r['mem'][s] / 2**20, 1) for s in STAGES) +
+            fmt(None if r['mem'][s] is None else r['mem'][s] / 2**20, 1)
+            for s in STAGES) +
             f" | {fmt(r['peak_rss_pipeline'] / 2**20, 0)} |")
     keys = [k for k in summary['rows'][0] if k not in ('N', 'E', 'paths')]
     lines += ['', '### Ratios against baselines measured in the same process',
@@ -425,6 +444,8 @@ def plot(results: List[Dict], path: str) -> None:
     sizes = [r['N'] for r in results]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in STAGES:
+        if any(r['time'][s] is None for r in results):
+            continue
         ax_t.plot(sizes, [r['time'][s] for r in results], 'o-', label=s)
         ax_m.plot(sizes, [max(r['mem'][s], 1) / 2**20 for r in results],
                   'o-', label=s)

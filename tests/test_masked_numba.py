@@ -29,11 +29,13 @@ def test_numba_equals_torch_values_and_gradients(P, dtype):
     assert torch.allclose(nb_attr.grad, ref_attr.grad, **tol)
 
 
-def test_numba_matches_dense_oracle_on_knn_and_complete_patterns():
+@pytest.mark.parametrize('budget', [0, None])  # walks, stored paths
+def test_numba_matches_dense_oracle_on_knn_and_complete_patterns(budget):
     for k in (5, 39):  # 39 = N - 1: the complete graph
         views, data = graph(n=40, k=k)
         # Without the dense fast path that the complete graph would take.
-        conv = GraphPowerConv(4, kernel='numba', dense_blocks=False)
+        conv = GraphPowerConv(4, kernel='numba', dense_blocks=False,
+                              memory_budget=budget)
         out = conv(data.edge_index, data.edge_attr)
         mask, r = dense.relation_graph(views, k=k)
         expected = dense_at(dense.graph_powers(r, mask, 4, 'masked'),
@@ -41,35 +43,80 @@ def test_numba_matches_dense_oracle_on_knn_and_complete_patterns():
         assert torch.allclose(out, expected, atol=1e-10)
 
 
-def test_numba_gradcheck():
+@pytest.mark.parametrize('budget', [0, None])  # walks, stored paths
+def test_numba_gradcheck(budget):
     _, data = graph(n=12, widths=(3, 2), k=3)
     attr = data.edge_attr.detach().clone().requires_grad_(True)
     conv = GraphPowerConv(3, mode='masked', kernel='numba',
-                          dense_blocks=False)
+                          dense_blocks=False, memory_budget=budget)
     assert torch.autograd.gradcheck(
         lambda e: conv(data.edge_index, e, num_nodes=data.num_nodes), (attr,))
 
 
-def test_stored_paths_equal_the_walk():
+def test_stored_paths_equal_the_walk(monkeypatch):
+    from pyg_lego.nn import masked_numba
     _, data = graph()
     paths = two_hop_paths(data.edge_index, data.num_nodes)
     weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
+    enumerated = []
+    real = masked_numba.StoredPaths.enumerate
+    monkeypatch.setattr(masked_numba.StoredPaths, 'enumerate',
+                        lambda *a: enumerated.append(real(*a)) or
+                        enumerated[-1])
     results = []
-    for kw in ({}, {'path_index': paths[:, torch.randperm(paths.size(1))]}):
+    for kw in ({'memory_budget': 0},  # walks the pattern
+               {},  # enumerates the paths: they fit the default budget
+               {'path_index': paths[:, torch.randperm(paths.size(1))]}):
         attr = data.edge_attr.detach().clone().requires_grad_(True)
-        conv = GraphPowerConv(3, kernel='numba')
+        conv = GraphPowerConv(3, kernel='numba',
+                              memory_budget=kw.pop('memory_budget', 2**31))
         out = conv(data.edge_index, attr, num_nodes=data.num_nodes, **kw)
         (out * weight).sum().backward()
         results.append((out.detach(), attr.grad))
-    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+    assert len(enumerated) == 1 and enumerated[0] is not None
+    for out, grad in results[1:]:
+        assert torch.allclose(out, results[0][0], atol=1e-12)
+        assert torch.allclose(grad, results[0][1], atol=1e-12)
+
+
+def test_enumerated_paths_equal_the_torch_index():
+    from pyg_lego.nn import masked_numba
+    _, data = graph(n=120)
+    num_edges = data.num_edges
+    for reorder in (False, True):
+        pattern = masked_numba.Pattern(data.edge_index, data.num_nodes,
+                                       reorder=reorder)
+        given = masked_numba.StoredPaths.from_index(
+            two_hop_paths(data.edge_index, data.num_nodes), pattern)
+        found = masked_numba.StoredPaths.enumerate(pattern)
+        assert found.first.dtype == torch.int32
+        assert torch.equal(found.ptr, given.ptr)
+        assert torch.equal(found.t_ptr, given.t_ptr)
+        # The same paths, in either grouping (the order within a group
+        # follows the input's edge ids in one, the kernels' in the other).
+        for ptr, ids in (('ptr', ('first', 'second')),
+                         ('t_ptr', ('t_closing', 't_first'))):
+            def keys(stored):
+                group = torch.repeat_interleave(
+                    torch.arange(num_edges),
+                    getattr(stored, ptr).diff().long())
+                a, b = (getattr(stored, n).long() for n in ids)
+                return torch.sort((group * num_edges + a) * num_edges + b
+                                  ).values
+            assert torch.equal(keys(found), keys(given))
+        assert pattern.num_candidates >= found.first.numel()
+        total = found.first.numel()
+        assert masked_numba.StoredPaths.enumerate(pattern, total) is not None
+        assert masked_numba.StoredPaths.enumerate(pattern, total - 1) is None
+    empty = masked_numba.Pattern(torch.empty(2, 0, dtype=torch.long), 5)
+    assert masked_numba.StoredPaths.enumerate(empty).first.numel() == 0
 
 
 def test_cached_numba_plan_stores_paths_within_the_budget():
     _, data = graph()
     num_paths = two_hop_paths(data.edge_index, data.num_nodes).size(1)
     conv = GraphPowerConv(3, kernel='numba', cached=True,
-                          memory_budget=24 * num_paths)
+                          memory_budget=16 * num_paths)
     out = conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     pattern, stored = conv._cached_numba
     assert stored is not None and stored.first.numel() == num_paths
@@ -79,7 +126,7 @@ def test_cached_numba_plan_stores_paths_within_the_budget():
     conv.reset_parameters()
     assert conv._cached_numba is None
     small = GraphPowerConv(3, kernel='numba', cached=True,
-                           memory_budget=24 * num_paths - 1)
+                           memory_budget=16 * num_paths - 1)
     again = small(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     assert small._cached_numba[1] is None  # walks the pattern instead
     assert torch.allclose(again, out, atol=1e-12)
@@ -114,20 +161,23 @@ def test_kernel_errors(monkeypatch):
     assert out.shape == (data.num_edges, 1)
 
 
-@pytest.mark.parametrize('stored', [False, True])
+@pytest.mark.parametrize('stored', ['walk', 'enumerated', 'given'])
 def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
     from pyg_lego.nn import masked_numba
     _, data = graph(n=120)
-    paths = two_hop_paths(data.edge_index, data.num_nodes) if stored \
-        else None
+    paths = two_hop_paths(data.edge_index, data.num_nodes) \
+        if stored == 'given' else None
+    budget = 0 if stored == 'walk' else None
     weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
     results = []
     for threshold in (10**9, 0):  # as given, then relabelled
         monkeypatch.setattr(masked_numba, 'REORDER_MIN_EDGES', threshold)
         attr = data.edge_attr.detach().clone().requires_grad_(True)
-        conv = GraphPowerConv(3, kernel='numba', cached=True)
+        conv = GraphPowerConv(3, kernel='numba', cached=True,
+                              memory_budget=budget)
         out = conv(data.edge_index, attr, num_nodes=data.num_nodes,
                    path_index=paths)
+        assert (conv._cached_numba[1] is None) == (stored == 'walk')
         (out * weight).sum().backward()
         pattern = conv._cached_numba[0]
         results.append((out.detach(), attr.grad, pattern.edge_perm))
