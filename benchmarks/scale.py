@@ -28,8 +28,9 @@ import time
 from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: ``paths``: the path index in torch (:func:`two_hop_paths`);
-#: ``paths_numba``: the same paths by the numba walks (``StoredPaths``);
+#: ``paths``: the path index (:func:`two_hop_paths`: numba's walks where
+#: numba is installed); ``paths_torch``: the same by torch candidate chunks
+#: (what CUDA runs);
 #: ``masked``: the default kernel (numba: enumerates the paths, then reads
 #: them, where they fit the default budget, as they do up to 64,000 nodes);
 #: ``masked_walk``: numba walking the pattern, no index (budget 0: what
@@ -38,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: ``masked_torch``: torch sparse products over a given path index;
 #: ``masked_streamed``: torch, streamed (memory budget 0).
 #: The numba stages are n/a where numba is not installed.
-STAGES = ('knn', 'scores', 'paths', 'paths_numba', 'elementwise', 'masked',
+STAGES = ('knn', 'scores', 'paths', 'paths_torch', 'elementwise', 'masked',
           'masked_walk', 'masked_cached', 'masked_torch', 'masked_streamed',
           'propagated', 'fusion')
 
@@ -102,7 +103,8 @@ def measure_size(n: int, args) -> Dict:
     from pyg_lego.data.relation import _scores, coalesce_pattern
     from pyg_lego.data.similarity import prepare, resolve_score_map
     from pyg_lego.nn import GraphPowerConv, LEGOFusion, masked_numba, \
-        two_hop_paths
+        path_index, two_hop_paths
+    from pyg_lego.nn.path_index import DEFAULT_PATH_CHUNK
 
     torch.manual_seed(0)
     k, P, M, d = args.k, args.P, args.views, args.dim
@@ -146,12 +148,9 @@ def measure_size(n: int, args) -> Dict:
     t, mem, paths = timed(lambda: two_hop_paths(edge_index, n), rep)
     res['time']['paths'], res['mem']['paths'] = t, mem
     res['paths'] = paths.size(1)
-    res['time']['paths_numba'] = res['mem']['paths_numba'] = None
-    if masked_numba.available():
-        pattern = masked_numba.Pattern(edge_index, n)
-        t, mem, _ = timed(lambda: masked_numba.StoredPaths.enumerate(pattern),
-                          rep)
-        res['time']['paths_numba'], res['mem']['paths_numba'] = t, mem
+    t, mem, _ = timed(lambda: path_index._torch_paths(
+        edge_index, n, DEFAULT_PATH_CHUNK, None), rep)
+    res['time']['paths_torch'], res['mem']['paths_torch'] = t, mem
     xs = list(views.values())
 
     def expansion(mode, paths_given=False, warm=False, **kw):

@@ -124,9 +124,14 @@ def test_cached_path_index(data):
 
 
 def test_two_hop_paths_chunked_equals_whole(data):
+    from pyg_lego.nn import masked_numba, path_index
     whole = two_hop_paths(data.edge_index, data.num_nodes)
-    chunked = two_hop_paths(data.edge_index, data.num_nodes, chunk_size=7)
-    assert torch.equal(whole, chunked)
+    for chunk_size in (7, 1 << 22):
+        assert torch.equal(whole, path_index._torch_paths(
+            data.edge_index, data.num_nodes, chunk_size, None))
+    if masked_numba.available():  # the compiled walks: the same order too
+        assert torch.equal(whole, path_index._numba_paths(
+            data.edge_index, data.num_nodes, None))
     row, col = data.edge_index
     e1, e2, out = whole
     assert torch.equal(row[e1], row[out]) and torch.equal(col[e2], col[out])

@@ -357,31 +357,40 @@ class StoredPaths:
     @classmethod
     def enumerate(cls, pattern: Pattern, max_paths: Optional[int] = None
                   ) -> Optional['StoredPaths']:
-        r"""All paths of :obj:`pattern`, found by two walks of the pattern
-        (a count, then a fill), or :obj:`None` if there are more than
-        :obj:`max_paths`. About 10x faster than
-        :func:`~pyg_lego.nn.two_hop_paths`, which enumerates candidates in
-        torch, and its memory is the result's."""
-        kernels = _kernels()
-        rowptr, col = pattern.numpy('rowptr', 'col')
-        num_edges = col.size
-        count = np.zeros(num_edges, np.int64)
-        _run(kernels.count, pattern, rowptr, col, count, count, count)
-        total = int(count.sum())
-        if max_paths is not None and total > max_paths:
-            return None
-        ids = id_dtype(num_edges, total)
-        ptr = torch.zeros(num_edges + 1, dtype=ids)
-        torch.cumsum(torch.from_numpy(count), 0, out=ptr[1:])
-        first = torch.empty(total, dtype=ids)
-        second = torch.empty(total, dtype=ids)
-        cursor = ptr[:-1].numpy().copy()
-        _run(kernels.fill, pattern, rowptr, col, first.numpy(),
-             second.numpy(), cursor)
-        return cls(ptr, first, second)
+        r"""All paths of :obj:`pattern` (:func:`enumerate_paths`), or
+        :obj:`None` if there are more than :obj:`max_paths`."""
+        found = enumerate_paths(pattern, max_paths)
+        return None if found is None else cls(*found)
 
     def numpy(self, *names):
         return tuple(getattr(self, n).numpy() for n in names)
+
+
+def enumerate_paths(pattern: Pattern, max_paths: Optional[int] = None
+                    ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    r"""The paths of :obj:`pattern` by two walks (a count, then a fill),
+    sorted by closing edge and by first edge within: the CSR row pointer
+    over closing edges and the first and second edge ids (32 bits where
+    they fit), in the pattern's edge ids; :obj:`None` if there are more
+    than :obj:`max_paths`. About 10x faster than enumerating candidates in
+    torch, and its memory is the result's."""
+    kernels = _kernels()
+    rowptr, col = pattern.numpy('rowptr', 'col')
+    num_edges = col.size
+    count = np.zeros(num_edges, np.int64)
+    _run(kernels.count, pattern, rowptr, col, count, count, count)
+    total = int(count.sum())
+    if max_paths is not None and total > max_paths:
+        return None
+    ids = id_dtype(num_edges, total)
+    ptr = torch.zeros(num_edges + 1, dtype=ids)
+    torch.cumsum(torch.from_numpy(count), 0, out=ptr[1:])
+    first = torch.empty(total, dtype=ids)
+    second = torch.empty(total, dtype=ids)
+    cursor = ptr[:-1].numpy().copy()
+    _run(kernels.fill, pattern, rowptr, col, first.numpy(), second.numpy(),
+         cursor)
+    return ptr, first, second
 
 
 def _set_threads():
