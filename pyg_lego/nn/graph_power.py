@@ -324,14 +324,17 @@ class GraphPowerConv(MessagePassing):
         return fits and masked_numba.available()
 
     def _numba_plan(self, edge_index: Tensor, num_nodes: int,
-                    path_index: Optional[Tensor]):
+                    path_index: Optional[Tensor], needs_grad: bool):
         r"""The pattern the numba passes walk, and the paths they read where
         an index is given, or is cached, or fits :obj:`memory_budget`.
 
-        Without a cache, the paths are stored only where the candidate walks
-        (an upper bound on the paths) fit, so that a pattern too large for
-        the budget costs no counting walk; the walks without an index are
-        ~1.4x slower (forward and backward, 64,000 nodes)."""
+        Without a cache, the paths are stored only for a call that will
+        run the backward pass (its passes then outnumber the two walks that
+        store the paths; without it the walks alone are as fast), and only
+        where the candidate walks (an upper bound on the paths) fit, so that
+        a pattern too large for the budget costs no counting walk; the walks
+        without an index are ~1.4x slower (forward and backward, 64,000
+        nodes)."""
         if self.cached and self._cached_numba is not None:
             return self._cached_numba
         pattern = masked_numba.Pattern(edge_index, num_nodes)
@@ -341,8 +344,8 @@ class GraphPowerConv(MessagePassing):
             max_paths = None if self.memory_budget is None else \
                 self.memory_budget // masked_numba.StoredPaths.BYTES_PER_PATH
             stored = None
-            if self.cached or max_paths is None or \
-                    pattern.num_candidates <= max_paths:
+            if self.cached or needs_grad and (
+                    max_paths is None or pattern.num_candidates <= max_paths):
                 stored = masked_numba.StoredPaths.enumerate(pattern,
                                                             max_paths)
         if self.cached:
@@ -365,8 +368,9 @@ class GraphPowerConv(MessagePassing):
                 power = power @ dense_a
                 orders.append(power.permute(0, 2, 3, 1).reshape_as(a))
         elif self.P >= 2 and self._use_numba(a):
-            pattern, stored = self._numba_plan(edge_index, num_nodes,
-                                               path_index)
+            pattern, stored = self._numba_plan(
+                edge_index, num_nodes, path_index,
+                torch.is_grad_enabled() and a.requires_grad)
             orders.extend(masked_numba.NumbaMaskedPower.apply(
                 a, pattern, self.P, stored))
         elif self.P >= 2 and (paths := self._paths(
