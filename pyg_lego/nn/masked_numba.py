@@ -293,6 +293,8 @@ class Pattern:
     def _gather(self, values: Tensor, index: Optional[np.ndarray]) -> Tensor:
         if index is None:
             return values.contiguous()
+        # Compiled rather than torch's row gather: 2-4x faster on these
+        # narrow rows, and it keeps torch's pool idle (see _zeros).
         out = _zeros(values)
         _call(_kernels().gather, values.contiguous().numpy(), index,
               out.numpy())
