@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyg_lego import LEGO, dense
-from pyg_lego.nn import GraphPowerConv, two_hop_paths
+from pyg_lego.nn import GraphPowerConv, locality, two_hop_paths
 
 from .conftest import dense_at
 from .test_scale import expand, graph
@@ -176,7 +176,7 @@ def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
     weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
     results = []
     for threshold in (10**9, 0):  # as given, then relabelled
-        monkeypatch.setattr(masked_numba, 'REORDER_MIN_EDGES', threshold)
+        monkeypatch.setattr(locality, 'RELABEL_MIN_EDGES', threshold)
         attr = data.edge_attr.detach().clone().requires_grad_(True)
         conv = GraphPowerConv(3, kernel='numba', cached=True,
                               memory_budget=budget)

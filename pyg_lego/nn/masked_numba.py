@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from pyg_lego.data.similarity import CSRPattern, csr_rowptr, id_dtype
+from pyg_lego.nn import locality
 from pyg_lego.nn.path_index import sort_by_closing
 
 
@@ -223,21 +224,17 @@ def _path_kernels(views: int):
     return forward, carry, weight
 
 
-#: Patterns with at least this many edges are relabelled for locality
-#: (see :class:`Pattern`); smaller ones fit the caches as they are.
-REORDER_MIN_EDGES = 1 << 17
-
-
 class Pattern:
     r"""The CSR pattern of a coalesced :obj:`edge_index` and its transpose,
     as the kernels read them (NumPy views of CPU tensors, 32-bit ids where
     they fit).
 
-    A large pattern is relabelled first, nodes in reverse Cuthill-McKee
-    order (SciPy), so that the rows a walk visits lie close together in
-    memory: nodes numbered at random (as a kNN graph's are) put every step
-    of a walk in another cache line, which made the passes 2x slower at
-    64,000 nodes. The kernels then run on the relabelled edges;
+    A pattern of :obj:`~pyg_lego.nn.locality.RELABEL_MIN_EDGES` edges or
+    more is relabelled first (:class:`~pyg_lego.nn.locality.Relabel`), so
+    that the rows a walk visits lie close together in memory: nodes
+    numbered at random (as a kNN graph's are) put every step of a walk in
+    another cache line, which made the passes 2x slower at 64,000 nodes.
+    The kernels then run on the relabelled edges;
     :attr:`edge_perm` (relabelled position -> input edge id) maps values
     in and out, so callers see the input order.
     """
@@ -247,15 +244,13 @@ class Pattern:
         row, col = edge_index[0], edge_index[1]
         num_edges = row.numel()
         if reorder is None:
-            reorder = num_edges >= REORDER_MIN_EDGES
+            reorder = num_edges >= locality.RELABEL_MIN_EDGES
         self.edge_perm = self.edge_rank = None
         if reorder and num_edges > 0:
-            rank = _locality_rank(row, col, num_nodes)
-            row, col = rank[row], rank[col]
-            self.edge_perm = torch.sort(row * num_nodes + col).indices
-            row, col = row[self.edge_perm], col[self.edge_perm]
-            self.edge_rank = torch.empty_like(self.edge_perm)
-            self.edge_rank[self.edge_perm] = torch.arange(num_edges)
+            relabel = locality.Relabel(edge_index, num_nodes)
+            row, col = relabel.edge_index
+            self.edge_perm, self.edge_rank = relabel.edge_perm, \
+                relabel.edge_rank
         self.num_nodes = num_nodes
         csr = CSRPattern(row, col, num_nodes, num_nodes)
         self.rowptr, self.col = csr.crow, csr.col_ids
@@ -308,21 +303,6 @@ def _zeros(like: Tensor) -> Tensor:
     need (a torch ``zeros_like`` before each pass made the passes 1.4x
     slower at 16,000 nodes)."""
     return torch.from_numpy(np.zeros(like.shape, like.numpy().dtype))
-
-
-def _locality_rank(row: Tensor, col: Tensor, num_nodes: int) -> Tensor:
-    r"""New label of every node: its position in the reverse Cuthill-McKee
-    order of the symmetrised pattern."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
-    adj = sp.csr_matrix((np.ones(row.numel(), dtype=np.int8),
-                         (row.numpy(), col.numpy())),
-                        shape=(num_nodes, num_nodes))
-    order = torch.from_numpy(reverse_cuthill_mckee(
-        adj, symmetric_mode=False).astype(np.int64))
-    rank = torch.empty(num_nodes, dtype=torch.long)
-    rank[order] = torch.arange(num_nodes)
-    return rank
 
 
 class StoredPaths:
