@@ -29,11 +29,12 @@ def test_relabel_is_a_renumbering_of_the_same_pattern():
     assert (relabel.edge_index[0] - relabel.edge_index[1]).abs().max() < band
 
 
-def propagated(data, views, cached=False):
+def propagated(data, views, cached=False, budget=None):
     names = list(views)
     xs = [views[name].clone().requires_grad_(True) for name in names]
     attr = data.edge_attr.detach().clone().requires_grad_(True)
-    conv = GraphPowerConv(3, mode='propagated', cached=cached)
+    conv = GraphPowerConv(3, mode='propagated', cached=cached,
+                          memory_budget=budget)
     out = conv(data.edge_index, attr, xs=xs, num_nodes=data.num_nodes)
     weight = torch.randn(out.shape, dtype=out.dtype,
                          generator=torch.Generator().manual_seed(1))
@@ -41,8 +42,9 @@ def propagated(data, views, cached=False):
     return conv, out.detach(), attr.grad, [x.grad for x in xs]
 
 
-@pytest.mark.parametrize('cached', [False, True])
-def test_propagated_relabelled_equals_as_given(monkeypatch, cached):
+@pytest.mark.parametrize('cached,budget', [(False, None), (True, None),
+                                           (False, 0)])  # 0: checkpointed
+def test_propagated_relabelled_equals_as_given(monkeypatch, cached, budget):
     views, data = graph(n=120)
     calls = []
     real = locality.Relabel.__init__
@@ -52,7 +54,7 @@ def test_propagated_relabelled_equals_as_given(monkeypatch, cached):
     assert not calls  # too small to relabel
     monkeypatch.setattr(locality, 'RELABEL_MIN_EDGES', 0)
     monkeypatch.setattr(locality, 'RELABEL_MIN_FEATURE_BYTES', 0)
-    conv, out, attr_grad, x_grads = propagated(data, views, cached)
+    conv, out, attr_grad, x_grads = propagated(data, views, cached, budget)
     assert calls
     assert torch.allclose(out, ref[1], atol=1e-12)
     assert torch.allclose(attr_grad, ref[2], atol=1e-12)

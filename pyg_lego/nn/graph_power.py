@@ -401,11 +401,19 @@ class GraphPowerConv(MessagePassing):
         a = relation_norm(edge_index, edge_attr, num_nodes)
         relabel = self._relabel(edge_index, num_nodes, xs)
         if relabel is not None:
-            out = self._propagate_views(
-                relabel.edge_index, relabel.edges(a),
-                [relabel.nodes(x) for x in xs], num_nodes)
-            return relabel.input_edges(out)
-        return self._propagate_views(edge_index, a, xs, num_nodes)
+            edge_index = relabel.edge_index
+        # One CSR form (and transpose) for every product of every view; a
+        # dtype without sparse kernels gathers and scatters instead.
+        pattern = csr_pattern(edge_index[0], edge_index[1], num_nodes,
+                              num_nodes, a.dtype)
+        recompute = self._recompute_views(xs, a)
+        views = []
+        for m, x in enumerate(xs):
+            args = (x, a[:, m], edge_index, pattern, relabel)
+            views.append(checkpoint(self._propagate_view, *args,
+                                    use_reentrant=False) if recompute
+                         else self._propagate_view(*args))
+        return torch.stack(views, dim=1)
 
     def _relabel(self, edge_index: Tensor, num_nodes: int,
                  xs: List[Tensor]) -> Optional[Relabel]:
@@ -428,21 +436,6 @@ class GraphPowerConv(MessagePassing):
             return None
         return Relabel(edge_index, num_nodes)
 
-    def _propagate_views(self, edge_index: Tensor, a: Tensor,
-                         xs: List[Tensor], num_nodes: int) -> Tensor:
-        # One CSR form (and transpose) for every product of every view; a
-        # dtype without sparse kernels gathers and scatters instead.
-        pattern = csr_pattern(edge_index[0], edge_index[1], num_nodes,
-                              num_nodes, a.dtype)
-        recompute = self._recompute_views(xs, a)
-        views = []
-        for m, x in enumerate(xs):
-            args = (x, a[:, m].contiguous(), edge_index, pattern)
-            views.append(checkpoint(self._propagate_view, *args,
-                                    use_reentrant=False) if recompute
-                         else self._propagate_view(*args))
-        return torch.stack(views, dim=1)
-
     def _recompute_views(self, xs: List[Tensor], a: Tensor) -> bool:
         r"""Whether the propagated views exceed :obj:`memory_budget` with
         what their backward pass keeps: per view the prepared features and,
@@ -457,7 +450,13 @@ class GraphPowerConv(MessagePassing):
         return kept > self.memory_budget
 
     def _propagate_view(self, x: Tensor, weight: Tensor, edge_index: Tensor,
-                        pattern: Optional[CSRPattern]) -> Tensor:
+                        pattern: Optional[CSRPattern],
+                        relabel: Optional[Relabel]) -> Tensor:
+        # Relabelled here, one view at a time and inside the checkpoint, so
+        # that no relabelled copy of every view is kept at once.
+        if relabel is not None:
+            x, weight = relabel.nodes(x), relabel.edges(weight)
+        weight = weight.contiguous()
         gamma = default_gamma(x, self.gamma)
         z = prepare(x, self.similarity)
         scores = [edge_similarity(z, edge_index, self.similarity,
@@ -473,7 +472,8 @@ class GraphPowerConv(MessagePassing):
             scores.append(edge_similarity(z, edge_index, self.similarity,
                                           self.score_map, gamma,
                                           pattern=pattern))
-        return torch.stack(scores, dim=-1)
+        scores = torch.stack(scores, dim=-1)
+        return scores if relabel is None else relabel.input_edges(scores)
 
     def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
         return weight * x_j
