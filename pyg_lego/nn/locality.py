@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_lego.data.similarity import id_dtype
+
 #: Patterns with at least this many edges are relabelled for the masked
 #: power; smaller ones fit the caches as they are.
 RELABEL_MIN_EDGES = 1 << 17
@@ -38,14 +40,17 @@ class Relabel:
 
     def __init__(self, edge_index: Tensor, num_nodes: int):
         row, col = edge_index[0], edge_index[1]
-        self.order = _rcm_order(row, col, num_nodes)
-        rank = _inverse(self.order)
+        order = _rcm_order(row, col, num_nodes)
+        rank = _inverse(order)
         row, col = rank[row], rank[col]
-        self.edge_perm = torch.sort(row * num_nodes + col).indices
-        self.edge_rank = _inverse(self.edge_perm)
-        self.edge_index = torch.stack([row[self.edge_perm],
-                                       col[self.edge_perm]])
-        self._rank = rank
+        edge_perm = torch.sort(row * num_nodes + col).indices
+        self.edge_index = torch.stack([row[edge_perm], col[edge_perm]])
+        # The maps in 32 bits where they fit (index_select takes them): at
+        # 39M edges the two edge maps are 0.6 GB in 64 bits.
+        ids = id_dtype(num_nodes, row.numel())
+        self.order, self._rank = order.to(ids), rank.to(ids)
+        self.edge_perm = edge_perm.to(ids)
+        self.edge_rank = _inverse(edge_perm).to(ids)
 
     def nodes(self, x: Tensor) -> Tensor:
         r"""Node values :math:`(N, \ldots)` in the relabelled order."""
