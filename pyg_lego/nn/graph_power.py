@@ -338,8 +338,8 @@ class GraphPowerConv(MessagePassing):
         store the paths; without it the walks alone are as fast), and only
         where the candidate walks (an upper bound on the paths) fit, so that
         a pattern too large for the budget costs no counting walk; the walks
-        without an index are ~1.4x slower (forward and backward, 64,000
-        nodes)."""
+        without an index were 1.1 to 1.5x slower, forward and backward, in
+        the benchmark (4000 to 64,000 nodes)."""
         if self.cached and self._cached_numba is not None:
             return self._cached_numba
         pattern = masked_numba.Pattern(edge_index, num_nodes)
@@ -425,7 +425,7 @@ class GraphPowerConv(MessagePassing):
         (see :mod:`~pyg_lego.nn.locality`), and not where the views are
         recomputed to stay within :obj:`memory_budget`: the relabelled
         copies would take what the budget saves (at N = 1M, 17.1 GB at
-        the peak against 14.8 GB)."""
+        the peak against 15.3 GB)."""
         if edge_index.device.type != 'cpu' or \
                 torch.compiler.is_compiling() or \
                 edge_index.size(1) < locality.RELABEL_MIN_EDGES:

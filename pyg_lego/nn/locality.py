@@ -29,6 +29,8 @@ class Relabel:
     the neighbours of a node close to it in the numbering, and so the rows
     a pass visits close together in memory.
 
+    The maps are 32-bit where the sizes fit.
+
     Attributes:
         order (torch.Tensor): The input node of every new label.
         edge_perm (torch.Tensor): The input edge id of every position of
