@@ -354,8 +354,8 @@ def enumerate_paths(pattern: Pattern, max_paths: Optional[int] = None
     sorted by closing edge and by first edge within: the CSR row pointer
     over closing edges and the first and second edge ids (32 bits where
     they fit), in the pattern's edge ids; :obj:`None` if there are more
-    than :obj:`max_paths`. About 10x faster than enumerating candidates in
-    torch, and its memory is the result's."""
+    than :obj:`max_paths`. 4 to 10x faster than enumerating candidates in
+    torch (4000 to 64,000 nodes), and its memory is the result's."""
     kernels = _kernels()
     rowptr, col = pattern.numpy('rowptr', 'col')
     num_edges = col.size

@@ -108,10 +108,11 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
 
     On the CPU with numba installed, two compiled walks of the pattern
     find the paths (:func:`~pyg_lego.nn.masked_numba.enumerate_paths`: a
-    count, then a fill; 10-14x faster, and the work space is the
-    result's). Otherwise candidates are enumerated in chunks of at most
-    :obj:`chunk_size` (plus one row's worth, see :class:`PathPlan`), so the
-    work space is bounded whatever the degrees are; the result itself is
+    count, then a fill; 4 to 10x faster at 4000 to 64,000 nodes, and the
+    work space is the result's). Otherwise candidates are enumerated in
+    chunks of at most :obj:`chunk_size` (plus one row's worth, see
+    :class:`PathPlan`), so the work space is bounded whatever the degrees
+    are; the result itself is
     :math:`O(|\mathcal{P}|)`. If :obj:`max_paths` is given and there are
     more paths, the enumeration stops early (after the count) and returns
     :obj:`None` (the caller then streams the paths instead of storing
@@ -132,7 +133,7 @@ def two_hop_paths(edge_index: Tensor, num_nodes: Optional[int] = None,
 def _numba_paths(edge_index: Tensor, num_nodes: int,
                  max_paths: Optional[int]) -> Optional[Tensor]:
     r"""The paths by the compiled walks of
-    :mod:`~pyg_lego.nn.masked_numba` (10-14x faster than
+    :mod:`~pyg_lego.nn.masked_numba` (4 to 10x faster than
     :func:`_torch_paths` on the CPU), in the same order."""
     from pyg_lego.nn import masked_numba
     pattern = masked_numba.Pattern(edge_index, num_nodes, reorder=False)
