@@ -109,6 +109,8 @@ def test_enumerated_paths_equal_the_torch_index():
                 return torch.sort((group * num_edges + a) * num_edges + b
                                   ).values
             assert torch.equal(keys(found), keys(given))
+        # Only the walks' weight gradient reads the transposed pattern.
+        assert pattern._csr._t is None
         assert pattern.num_candidates >= found.first.numel()
         total = found.first.numel()
         assert masked_numba.StoredPaths.enumerate(pattern, total) is not None

@@ -143,8 +143,6 @@ class CSRPattern:
         return values + values[self.transpose()[0]]
 
 
-
-
 def csr_pattern(row: Tensor, col: Tensor, num_rows: int, num_cols: int,
                 dtype: torch.dtype) -> Optional[CSRPattern]:
     r"""The :class:`CSRPattern` of edges sorted by :obj:`row`, or

@@ -21,7 +21,8 @@ class ChunkedCP(torch.autograd.Function):
     its inputs. The plain einsum saves the :math:`(|\mathcal{E}|, C, R, M)`
     factors and allocates several more of that size in its backward pass
     (forward and backward grew the resident memory by 7.6 GB at
-    :math:`|\mathcal{E}| = 39` M, :math:`R = 4`, :math:`M = 3`). With :math:`\mathbf{f}_{ecrm}` the factors and
+    :math:`|\mathcal{E}| = 39` M, :math:`R = 4`, :math:`M = 3`). With
+    :math:`\mathbf{f}_{ecrm}` the factors and
     :math:`\bar{\mathbf{f}}_{ecrm} = \prod_{m' \ne m} \mathbf{f}_{ecrm'}`
     (prefix and suffix products, no division):
 

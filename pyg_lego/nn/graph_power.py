@@ -7,8 +7,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from pyg_lego.data.similarity import (CSRPattern, check_similarity,
                                       csr_pattern, csr_rowptr, default_gamma,
-                                      id_dtype,
-                                      edge_similarity, prepare,
+                                      edge_similarity, id_dtype, prepare,
                                       resolve_score_map)
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn import locality, masked_numba

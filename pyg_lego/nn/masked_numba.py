@@ -1,26 +1,28 @@
 r"""The masked power on the CPU with compiled loops (optional: numba).
 
-Every order is one pass over the rows of the pattern. Row :math:`i` marks
-where each of its neighbours :math:`j` sits among its edges (a per-thread
-array of :math:`N` edge ids, reset after the row), then walks
-:math:`i \to l \to j` over the neighbours :math:`l` of :math:`i` and the
-neighbours :math:`j` of :math:`l`; a marked :math:`j` closes the path. No
-path index is built or stored: memory stays :math:`O(|\mathcal{E}| M P)`
-plus the markers, and all :math:`M` views share each walk. The backward
-pass runs two such passes per order, each writing to one row's edges
-only, so the threads never write to the same place.
+Without a path index, every order is one pass over the rows of the
+pattern. Row :math:`i` marks where each of its neighbours :math:`j` sits
+among its edges (a per-thread array of :math:`N` edge ids, reset after
+the row), then walks :math:`i \to l \to j` over the neighbours :math:`l`
+of :math:`i` and the neighbours :math:`j` of :math:`l`; a marked
+:math:`j` closes the path. Nothing is stored: memory stays
+:math:`O(|\mathcal{E}| M P)` plus the markers, and all :math:`M` views
+share each walk. The backward pass runs two such passes per order, each
+writing to one row's edges only, so the threads never write to the same
+place.
 
 Where the paths fit the memory budget (or are given, or cached), two
 walks store them (:meth:`StoredPaths.enumerate`: a count, then a fill)
 and every pass after that reads them instead (:func:`_path_kernels`):
 two gathered rows per path, where the walk examines every candidate
 :math:`l \to j` of the row. At 64,000 nodes (30M paths) the enumeration
-plus the stored forward and backward took 1.2 s against 1.8 s for the
-walks alone, and 0.5 s once the paths are cached.
+plus the stored forward and backward of :class:`NumbaMaskedPower` took
+1.2 s against 1.8 s for the walks alone, and 0.5 s once the paths are
+cached.
 """
 import os
 import threading
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import SimpleNamespace
 from typing import Optional, Tuple
 
@@ -55,10 +57,12 @@ def _kernels():
     import numba
     if 'NUMBA_THREADING_LAYER' not in os.environ:
         # numba's default 'omp' layer loads the system libgomp beside the one
-        # torch ships, two OpenMP runtimes in one process (a DDP test rank
-        # hung once in CI with both loaded). numba's own 'workqueue' pool is
-        # as fast on these kernels; _LOCK keeps its calls one at a time, as
-        # that layer requires.
+        # torch ships: two OpenMP runtimes in one process, spinning against
+        # each other. numba's own 'workqueue' pool ran the walks as fast
+        # (N = 64,000), though each launch costs ~0.7 ms more; _LOCK keeps
+        # its calls one at a time, as that layer requires. (A DDP hang once
+        # blamed on the two runtimes was a gloo shutdown race, see
+        # pyg_lego.training.distributed.cleanup.)
         numba.config.THREADING_LAYER = 'workqueue'
 
     @numba.njit(inline='always')
@@ -252,10 +256,8 @@ class Pattern:
             self.edge_perm, self.edge_rank = relabel.edge_perm, \
                 relabel.edge_rank
         self.num_nodes = num_nodes
-        csr = CSRPattern(row, col, num_nodes, num_nodes)
-        self.rowptr, self.col = csr.crow, csr.col_ids
-        perm, self.t_rowptr, self.t_src, _ = csr.transpose()
-        self.t_edge = perm.to(self.col.dtype)
+        self._csr = CSRPattern(row, col, num_nodes, num_nodes)
+        self.rowptr, self.col = self._csr.crow, self._csr.col_ids
         # The same maps in the kernels' id width, for the gathers.
         self._perm = self._rank = None
         if self.edge_perm is not None:
@@ -268,6 +270,20 @@ class Pattern:
         # Several chunks per thread even out rows of unequal work.
         self.num_chunks = max(1, min(num_nodes,
                                      16 * torch.get_num_threads()))
+
+    # The transposed pattern (a sort of the edges) only for the passes that
+    # read it, the walks' weight gradient: stored paths never do.
+    @property
+    def t_rowptr(self) -> Tensor:
+        return self._csr.transpose()[1]
+
+    @property
+    def t_src(self) -> Tensor:
+        return self._csr.transpose()[2]
+
+    @cached_property
+    def t_edge(self) -> Tensor:
+        return self._csr.transpose()[0].to(self.col.dtype)
 
     def numpy(self, *names):
         return tuple(getattr(self, n).numpy() for n in names)
