@@ -20,8 +20,6 @@ plus the stored forward and backward of :class:`NumbaMaskedPower` took
 1.2 s against 1.8 s for the walks alone, and 0.5 s once the paths are
 cached.
 """
-import os
-import threading
 from functools import cached_property, lru_cache
 from types import SimpleNamespace
 from typing import Optional, Tuple
@@ -30,40 +28,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyg_lego import numba_runtime
 from pyg_lego.data.similarity import CSRPattern, csr_rowptr, id_dtype
 from pyg_lego.nn import locality
 from pyg_lego.nn.path_index import sort_by_closing
+from pyg_lego.numba_runtime import available  # noqa: F401 (this module's API)
 
-
-#: Serialises kernel calls: the kernels release the GIL, and numba's
-#: 'workqueue' threading layer must not be entered by two threads at once.
-_LOCK = threading.Lock()
-
-
-@lru_cache(maxsize=None)
-def available() -> bool:
-    r"""Whether numba imports (an install that fails to import, e.g.
-    against a NumPy it does not support, counts as absent, so that
-    :obj:`kernel='auto'` falls back to torch)."""
-    try:
-        import numba  # noqa: F401
-    except Exception:
-        return False
-    return True
+_call = numba_runtime.call
 
 
 @lru_cache(maxsize=None)
 def _kernels():
-    import numba
-    if 'NUMBA_THREADING_LAYER' not in os.environ:
-        # numba's default 'omp' layer loads the system libgomp beside the one
-        # torch ships: two OpenMP runtimes in one process, spinning against
-        # each other. numba's own 'workqueue' pool ran the walks as fast
-        # (N = 64,000), though each launch costs ~0.7 ms more; _LOCK keeps
-        # its calls one at a time, as that layer requires. (A DDP hang once
-        # blamed on the two runtimes was a gloo shutdown race, see
-        # pyg_lego.training.distributed.cleanup.)
-        numba.config.THREADING_LAYER = 'workqueue'
+    numba = numba_runtime.numba()
 
     @numba.njit(inline='always')
     def forward_step(out, src, weight, e, e1, e2):
@@ -188,7 +164,7 @@ def _path_kernels(views: int):
     * ``weight``: ``out[second] += sum grad[closing] * prev[first]`` over
       the paths grouped by second edge (:attr:`StoredPaths.t_ptr`).
     """
-    import numba
+    numba = numba_runtime.numba()
     acc = range(views)
 
     def compile(name, lines):
@@ -389,18 +365,6 @@ def enumerate_paths(pattern: Pattern, max_paths: Optional[int] = None
     _run(kernels.fill, pattern, rowptr, col, first.numpy(), second.numpy(),
          cursor)
     return ptr, first, second
-
-
-def _set_threads():
-    import numba
-    numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                     numba.config.NUMBA_NUM_THREADS)))
-
-
-def _call(kernel, *args):
-    with _LOCK:
-        _set_threads()
-        kernel(*args)
 
 
 def _run(kernel, pattern: Pattern, *args):
