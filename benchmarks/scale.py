@@ -28,6 +28,10 @@ import time
 from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: ``scores``: the union pattern and every view's scores on it, reusing the
+#: similarities the kNN searches computed and scoring each pair of edges
+#: once (as the library does from ``REUSE_MIN_EDGES``, where numba is
+#: installed); ``scores_recomputed``: computing every score;
 #: ``paths``: the path index (:func:`two_hop_paths`: numba's walks where
 #: numba is installed); ``paths_torch``: the same by torch candidate chunks
 #: (what CUDA runs);
@@ -39,9 +43,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: ``masked_torch``: torch sparse products over a given path index;
 #: ``masked_streamed``: torch, streamed (memory budget 0).
 #: The numba stages are n/a where numba is not installed.
-STAGES = ('knn', 'scores', 'paths', 'paths_torch', 'elementwise', 'masked',
-          'masked_walk', 'masked_cached', 'masked_torch', 'masked_streamed',
-          'propagated', 'fusion')
+STAGES = ('knn', 'scores', 'scores_recomputed', 'paths', 'paths_torch',
+          'elementwise', 'masked', 'masked_walk', 'masked_cached',
+          'masked_torch', 'masked_streamed', 'propagated', 'fusion')
 
 
 def rss_bytes() -> int:
@@ -97,10 +101,12 @@ def make_views(n: int, num_views: int, dim: int, seed: int = 0):
 # ---------------------------------------------------------------- one size --
 
 def measure_size(n: int, args) -> Dict:
+    import numpy as np
     import torch
     from pyg_lego.data.knn import block_rows
     from pyg_lego.data.backends import knn_search
-    from pyg_lego.data.relation import _scores, coalesce_pattern
+    from pyg_lego.data.relation import _scores, coalesce_pattern, \
+        union_pattern
     from pyg_lego.data.similarity import prepare, resolve_score_map
     from pyg_lego.nn import GraphPowerConv, LEGOFusion, masked_numba, \
         path_index, two_hop_paths
@@ -133,16 +139,28 @@ def measure_size(n: int, args) -> Dict:
         t_mm, _, _ = timed(matmuls, rep)
         res['baseline']['knn_matmul'] = t_mm
         res['flops_knn'] = 2.0 * M * n * n * d
-    # The union pattern, and every score computed on it.
-    parts = [r.edge_index for r in found.values()]
-    ei = torch.cat(parts, 1)
-    loop = torch.arange(n)
-    edge_index = coalesce_pattern(torch.cat([ei, ei.flip(0),
-                                             torch.stack([loop, loop])], 1), n)
+    # The union pattern, and every score on it: as the library builds them
+    # (the searches' similarities reused), and all computed again.
     smap = resolve_score_map('auto', 'cosine')
-    t, mem, edge_attr = timed(lambda: _scores(views, edge_index, 'cosine',
-                                              smap, None, n), rep)
+
+    def reused():
+        edge_index, known, reverse = union_pattern(views, found, True, n,
+                                                   'cpu', reuse=True)
+        return edge_index, _scores(views, edge_index, 'cosine', smap, None,
+                                   n, known, reverse)
+
+    def recomputed():
+        ei = torch.cat([r.edge_index for r in found.values()], 1)
+        loop = torch.arange(n)
+        edge_index = coalesce_pattern(torch.cat(
+            [ei, ei.flip(0), torch.stack([loop, loop])], 1), n)
+        return edge_index, _scores(views, edge_index, 'cosine', smap, None,
+                                   n)
+    t, mem, (edge_index, edge_attr) = timed(reused, rep)
     res['time']['scores'], res['mem']['scores'] = t, mem
+    t, mem, (again, _) = timed(recomputed, rep)
+    res['time']['scores_recomputed'], res['mem']['scores_recomputed'] = t, mem
+    assert torch.equal(again, edge_index)
     E = edge_index.size(1)
     res['E'] = E
     t, mem, paths = timed(lambda: two_hop_paths(edge_index, n), rep)
@@ -190,6 +208,17 @@ def measure_size(n: int, args) -> Dict:
     prop_conv = GraphPowerConv(P, mode='propagated')
     res['time']['propagated_forward'] = timed(lambda: prop_conv(
         edge_index, edge_attr, xs=xs, num_nodes=n), rep)[0]
+    # The same with the locality relabelling switched off (it applies from
+    # 16 MiB of features per view: N = 64000 here).
+    from pyg_lego.nn import locality
+    threshold = locality.RELABEL_MIN_FEATURE_BYTES
+    locality.RELABEL_MIN_FEATURE_BYTES = math.inf
+    try:
+        res['time']['propagated_forward_unrelabelled'] = timed(
+            lambda: prop_conv(edge_index, edge_attr, xs=xs, num_nodes=n),
+            rep)[0]
+    finally:
+        locality.RELABEL_MIN_FEATURE_BYTES = threshold
     fusion = LEGOFusion(M, P, kind='polynomial')
     powers = powers.requires_grad_(True)
 
@@ -215,6 +244,20 @@ def measure_size(n: int, args) -> Dict:
         res['time']['masked_order_walk'] = timed(
             lambda: masked_numba.NumbaMaskedPower.apply(a, pattern, P), rep
         )[0] / max(1, P - 1)
+        # The path kernel alone, on inputs already in the pattern's edge
+        # order (no moves between edge orders, no autograd function).
+        forward_pass = masked_numba._path_kernels(M)[0]
+        a_pat = pattern.to_pattern(a).numpy()
+        index = stored.numpy('ptr', 'first', 'second')
+
+        def kernel_orders():
+            src = a_pat
+            for _ in range(2, P + 1):
+                out = np.zeros_like(a_pat)
+                masked_numba._call(forward_pass, *index, src, a_pat, out)
+                src = out
+        res['time']['masked_order_kernel'] = timed(kernel_orders, rep)[0] \
+            / max(1, P - 1)
         # Each path reads two ids and gathers two rows of M scores.
         res['masked_GBps'] = paths.size(1) * (8 + 2 * M * a.element_size()) \
             / res['time']['masked_order'] / 1e9
@@ -265,7 +308,6 @@ def measure_size(n: int, args) -> Dict:
         res['baseline']['dense_masked'] = timed(run_dense)[0]
     fill = n * (E / n)**2 * 12
     if fill <= args.dense_bytes:
-        import numpy as np
         import scipy.sparse as sp
         a = a.numpy()
         r_, c_ = edge_index.numpy()
@@ -363,11 +405,16 @@ def summarize(results: List[Dict]) -> Dict:
                                                b['sparse_mm']),
             'masked_walk_order_vs_sparse_mm': ratio(
                 t.get('masked_order_walk'), b['sparse_mm']),
+            'masked_kernel_order_vs_sparse_mm': ratio(
+                t.get('masked_order_kernel'), b['sparse_mm']),
             # Against the faster of PyG's two propagation paths.
             'propagated_vs_sgconv': ratio(t['propagated_forward'], min(
                 b['sgconv'], b.get('sgconv_csr', b['sgconv']))),
             'propagated_vs_tagconv': ratio(t['propagated_forward'], min(
                 b['tagconv'], b.get('tagconv_csr', b['tagconv']))),
+            'unrelabelled_vs_propagated': ratio(
+                t.get('propagated_forward_unrelabelled'),
+                t['propagated_forward']),
             'masked_bandwidth_vs_copy': ratio(r.get('masked_GBps'),
                                               r['copy_GBps']),
             # Forward passes: ours from features (kNN, scores, masked power)
@@ -378,6 +425,8 @@ def summarize(results: List[Dict]) -> Dict:
                                      b.get('dense_masked')),
             'masked_vs_scipy': ratio(t['masked_forward'],
                                      b.get('scipy_masked')),
+            'recomputed_vs_reused_scores': ratio(t['scores_recomputed'],
+                                                 t['scores']),
             'walk_vs_default': ratio(t['masked_walk'], t['masked']),
             'torch_stored_vs_default': ratio(t['masked_torch'], t['masked']),
             'torch_streamed_vs_default': ratio(t['masked_streamed'],

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 
@@ -5,7 +7,8 @@ from pyg_lego import build_relation_graph
 from pyg_lego.data import backends
 from pyg_lego.data.backends import choose_backend, knn_recall, knn_search
 from pyg_lego.data.knn import exact_knn
-from pyg_lego.data.relation import relation_scores
+from pyg_lego.data.relation import coalesce_pattern, relation_scores
+from pyg_lego.data.similarity import edge_similarity, prepare, reuses_work
 
 from .conftest import random_views, requires_cuda
 
@@ -175,7 +178,153 @@ def test_faiss_graph_scores_and_recall():
     assert all(r >= 0.9 for r in data.knn_recall.values())
 
 
-def test_scores_stay_differentiable():
+def edge_dots(x, edge_index, similarity):
+    z = prepare(x, similarity)
+    return (z[edge_index[0]] * z[edge_index[1]]).sum(-1)
+
+
+@pytest.mark.parametrize('similarity', ['cosine', 'dot'])
+@pytest.mark.parametrize('backend,dtype', [
+    ('exact', torch.float32), ('exact', torch.float64),
+    ('faiss', torch.float32), ('faiss-hnsw', torch.float32)])
+def test_searches_report_their_similarities(similarity, backend, dtype):
+    if backend != 'exact':
+        pytest.importorskip('faiss')
+    x = clustered(300, 16).to(dtype)
+    res = knn_search(x, 5, similarity, backend=backend)
+    assert res.score is not None and res.score.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(res.score, edge_dots(x, res.edge_index, similarity),
+                          atol=tol * (1 if similarity == 'cosine' else 100),
+                          rtol=tol)
+
+
+def test_searches_without_exact_similarities_report_none():
+    x = clustered(200, 8)
+    assert knn_search(x, 4, 'rbf', backend='exact').score is None
+    assert exact_knn(x, 4, 'rbf', return_scores=True)[1] is None
+    if importlib.util.find_spec('faiss') is not None:
+        # faiss computes in float32: not the similarity of float64 features.
+        assert knn_search(x.double(), 4, backend='faiss').score is None
+        assert knn_search(x, 4, 'rbf', backend='faiss').score is None
+
+
+def reverse_of(edge_index, n):
+    key = edge_index[0] * n + edge_index[1]
+    return torch.searchsorted(key, edge_index[1] * n + edge_index[0])
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_known_similarities_are_taken_and_each_pair_computed_once(dtype):
+    x = clustered(80, 6).to(dtype).requires_grad_(True)
+    data = build_relation_graph({'a': x.detach()}, k=4, backend='exact')
+    ei, E = data.edge_index, data.edge_index.size(1)
+    reverse = reverse_of(ei, 80)
+    full = edge_similarity(x, ei, 'cosine', 'raw')
+    # Some pairs, both directions, with values no search would give: where
+    # they are reused, they show as they are, on their edges only.
+    pick = torch.randperm(E, generator=torch.Generator().manual_seed(0))[
+        :E // 3]
+    pick = pick[ei[0, pick] < ei[1, pick]]
+    known = torch.cat([pick, reverse[pick]])
+    value = torch.linspace(-1, 1, pick.numel(), dtype=dtype).repeat(2)
+    got = edge_similarity(x, ei, 'cosine', 'raw', known=(known, value),
+                          reverse=reverse)
+    once = edge_similarity(x, ei, 'cosine', 'raw', reverse=reverse)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert torch.allclose(once, full, atol=tol, rtol=0)
+    rest = torch.ones(E, dtype=torch.bool)
+    if reuses_work(x):
+        rest[known] = False
+        assert torch.equal(got[known], value)
+        # A mirrored edge is an exact copy of its reverse.
+        assert torch.equal(once, once[reverse])
+    assert torch.allclose(got[rest], full[rest], atol=tol, rtol=0)
+    # The gradient is that of every edge, known or not.
+    g = torch.randn(E, dtype=dtype)
+    want, = torch.autograd.grad(full, x, g)
+    have, = torch.autograd.grad(got, x, g)
+    assert torch.allclose(have, want, atol=tol * 10, rtol=0)
+    with pytest.raises(ValueError, match="'cosine' and 'dot' only"):
+        edge_similarity(x, ei, 'rbf', known=(known, value), reverse=reverse)
+
+
+def test_work_is_reused_only_with_numba_on_the_cpu(monkeypatch):
+    from pyg_lego import numba_runtime
+    x = torch.randn(5, 3)
+    assert not reuses_work(x, sqdist=True)
+    assert not reuses_work(x.half())
+    assert reuses_work(x) == numba_runtime.available()
+    monkeypatch.setattr(numba_runtime, 'available', lambda: False)
+    assert not reuses_work(x)
+
+
+def test_coalesce_pattern_inverse():
+    ei = torch.tensor([[2, 0, 2, 1, 0], [1, 1, 1, 0, 1]])
+    pattern, inverse = coalesce_pattern(ei, 3, return_inverse=True)
+    assert pattern.tolist() == [[0, 1, 2], [1, 0, 1]]
+    assert torch.equal(pattern[:, inverse], ei)
+    assert torch.equal(coalesce_pattern(ei, 3), pattern)
+
+
+def spy_on_scores(monkeypatch, min_edges):
+    r"""Records, per view width, how many known similarities each
+    edge_similarity call of build_relation_graph got (None: none), and
+    whether it got the edges' reverses."""
+    from pyg_lego.data import relation
+    monkeypatch.setattr(relation, 'REUSE_MIN_EDGES', min_edges)
+    seen = {}
+
+    def spy(x, edge_index, *args, known=None, reverse=None, **kwargs):
+        seen[x.size(1)] = (None if known is None else known[0].numel(),
+                           reverse is not None)
+        return edge_similarity(x, edge_index, *args, known=known,
+                               reverse=reverse, **kwargs)
+
+    monkeypatch.setattr(relation, 'edge_similarity', spy)
+    return seen
+
+
+@pytest.mark.parametrize('similarity,reused', [
+    ('cosine', True), ('dot', True), ('rbf', False)])
+def test_graph_reuses_the_searched_similarities(monkeypatch, similarity,
+                                                reused):
+    seen = spy_on_scores(monkeypatch, 0)
+    views = random_views(100, [6, 3])
+    data = build_relation_graph(views, k=5, similarity=similarity,
+                                backend='exact')
+    # Each view knows its N k kNN edges and their N k reverses.
+    if reused and reuses_work(views['v0']):
+        assert seen == {6: (1000, True), 3: (1000, True)}
+    else:
+        assert seen == {6: (None, False), 3: (None, False)}
+    again = relation_scores(views, data.edge_index, similarity)
+    assert torch.allclose(data.edge_attr, again, atol=1e-5, rtol=1e-5)
+
+
+def test_small_graphs_compute_every_score(monkeypatch):
+    # 100 nodes, 2 views, k = 5: 2100 input edges of the union.
+    seen = spy_on_scores(monkeypatch, 2101)
+    build_relation_graph(random_views(100, [6, 3]), k=5, backend='exact')
+    assert seen == {6: (None, False), 3: (None, False)}
+
+
+def test_mixed_dtypes_recompute_the_promoted_view(monkeypatch):
+    seen = spy_on_scores(monkeypatch, 0)
+    views = random_views(60, [4, 5], dtype=torch.float32)
+    views['v1'] = views['v1'].double()
+    build_relation_graph(views, k=3, backend='exact')
+    # v0 searched in float32 but is scored in float64: computed again.
+    if reuses_work(views['v1']):
+        assert seen == {4: (None, True), 5: (180 * 2, True)}
+    else:
+        assert seen == {4: (None, False), 5: (None, False)}
+
+
+@pytest.mark.parametrize('min_edges', [0, 10**9])  # reused, computed
+def test_scores_stay_differentiable(monkeypatch, min_edges):
+    from pyg_lego.data import relation
+    monkeypatch.setattr(relation, 'REUSE_MIN_EDGES', min_edges)
     views = random_views(60, [5, 4], dtype=torch.float64)
     views['v0'].requires_grad_(True)
     data = build_relation_graph(views, k=4, backend='exact')

@@ -50,10 +50,17 @@ class KNNResult(NamedTuple):
         settings (dict, optional): The index settings it ran with, after
             recall tuning, and the recall it measured on its tuning sample
             (:obj:`'tuned_recall'`).
+        score (torch.Tensor, optional): The similarity of each edge
+            :math:`(E,)` (for cosine, of the unit rows), where the search
+            computed it in the features' own dtype: exact searches and faiss
+            searches of float32 features, under :obj:`'cosine'` or
+            :obj:`'dot'`. :func:`~pyg_lego.build_relation_graph` reuses it
+            instead of computing these scores again.
     """
     edge_index: Tensor
     backend: str
     settings: Optional[dict] = None
+    score: Optional[Tensor] = None
 
 
 def check_backend(backend: str) -> str:
@@ -209,9 +216,13 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         sims.append(sim)
         ids.append(idx)
     ids = torch.cat(ids).to(x.device, torch.long)
-    edge_index, _ = _drop_self(ids, torch.cat(sims).to(x.device), k)
+    edge_index, sims = _drop_self(ids, torch.cat(sims).to(x.device), k)
+    # faiss computes in float32: its inner products are the scores only
+    # for float32 features.
+    score = sims if ip and x.dtype == torch.float32 else None
     return KNNResult(edge_index,
-                     'faiss' if kind == 'flat' else f'faiss-{kind}', settings)
+                     'faiss' if kind == 'flat' else f'faiss-{kind}', settings,
+                     score)
 
 
 def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
@@ -279,8 +290,9 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
     if backend == 'auto':
         backend = choose_backend(num_nodes, x.size(1), x.device, similarity)
     if backend == 'exact':
-        return KNNResult(exact_knn(x, k, similarity, memory_budget, progress),
-                         'exact')
+        edge_index, score = exact_knn(x, k, similarity, memory_budget,
+                                      progress, return_scores=True)
+        return KNNResult(edge_index, 'exact', None, score)
     if backend == 'pynndescent':
         return _pynndescent_search(x, k, similarity, progress, options)
     kind = {'faiss': 'flat', 'faiss-hnsw': 'hnsw', 'faiss-ivf': 'ivf'}[backend]

@@ -4,7 +4,7 @@ Each block of query rows is scored against all nodes with one matrix product,
 and only the block's top-k survive, so memory is bounded by
 ``block_size x N`` scores instead of ``N x N``.
 """
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -70,7 +70,8 @@ def block_topk(s: Tensor, k: int, group: int = TOPK_GROUP) -> Tensor:
 
 def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
               memory_budget: int = DEFAULT_BLOCK_BYTES,
-              progress: bool = False) -> Tensor:
+              progress: bool = False, return_scores: bool = False
+              ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor]]]:
     r"""Directed kNN edges ``i -> j`` (``j`` among the :obj:`k` nodes most
     similar to ``i``, ``j != i``) of the rows of :obj:`x`.
 
@@ -82,6 +83,10 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             (default: :obj:`"cosine"`)
         memory_budget (int, optional): Bytes for one block of scores.
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
+        return_scores (bool, optional): Also return the similarity of each
+            edge :math:`(N k,)` (:obj:`None` for :obj:`"rbf"`, whose blocks
+            hold a rank-equivalent score, not the distance).
+            (default: :obj:`False`)
 
     Returns:
         :obj:`edge_index` :math:`(2, N k)`, sorted by source node.
@@ -95,6 +100,8 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
         sq_norms = (z * z).sum(-1) if similarity == 'rbf' else None
         rows = block_rows(num_nodes, z.element_size(), memory_budget)
         cols = torch.empty(num_nodes, k, dtype=torch.long, device=x.device)
+        keep = return_scores and similarity != 'rbf'
+        scores = z.new_empty(num_nodes, k) if keep else None
         starts = range(0, num_nodes, rows)
         if progress:
             from tqdm.auto import tqdm
@@ -104,8 +111,13 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             s = knn_scores(z[start:end], z, similarity, sq_norms)
             s.diagonal(start).fill_(float('-inf'))
             cols[start:end] = block_topk(s, k)
+            if keep:
+                scores[start:end] = s.gather(1, cols[start:end])
     row = torch.arange(num_nodes, device=x.device).repeat_interleave(k)
-    return torch.stack([row, cols.view(-1)])
+    edge_index = torch.stack([row, cols.view(-1)])
+    if return_scores:
+        return edge_index, None if scores is None else scores.view(-1)
+    return edge_index
 
 
 def complete_edges(num_nodes: int, self_loops: bool,

@@ -6,10 +6,14 @@ on row-sorted edges are one sampled matrix product on the CSR pattern (and one
 or two sparse-dense products backwards); otherwise the edges are taken in
 chunks.
 """
+from functools import lru_cache
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from pyg_lego import numba_runtime
 
 SIMILARITIES = ('cosine', 'dot', 'rbf')
 SCORE_MAPS = ('auto', 'affine', 'clamp', 'raw')
@@ -157,32 +161,113 @@ def csr_pattern(row: Tensor, col: Tensor, num_rows: int, num_cols: int,
     return CSRPattern(row, col, num_rows, num_cols)
 
 
+def reuses_work(x: Tensor, sqdist: bool = False) -> bool:
+    r"""Whether dot products of :obj:`x` are computed once per edge pair
+    and known ones reused (:func:`edge_reduce`'s :obj:`known` and
+    :obj:`reverse`): on the CPU, with numba installed. Elsewhere every edge
+    is computed: torch's index operations to pick out and place the
+    remaining edges cost as much as the products they save (N = 4000 to
+    1M, this machine)."""
+    return x.device.type == 'cpu' and not sqdist and \
+        x.dtype in (torch.float32, torch.float64) and \
+        numba_runtime.available()
+
+
+def _reduce(x: Tensor, row: Tensor, col: Tensor, sqdist: bool,
+            chunk_size: int, pattern: Optional[CSRPattern]) -> Tensor:
+    if pattern is not None:
+        return torch.sparse.sampled_addmm(
+            pattern.matrix(x.new_zeros(row.numel())), x, x.t(),
+            beta=0.0).values()
+    out = x.new_empty(row.numel())
+    for s, e in _chunks(row.numel(), chunk_size):
+        a, b = x[row[s:e]], x[col[s:e]]
+        out[s:e] = ((a - b)**2).sum(-1) if sqdist else (a * b).sum(-1)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _score_kernels():
+    numba = numba_runtime.numba()
+
+    @numba.njit(nogil=True)
+    def place(index, value, known, out):
+        for t in range(index.size):
+            out[index[t]] = value[t]
+            known[index[t]] = True
+
+    # fastmath lets the dot products vectorise (the sum's order changes,
+    # as it does between any two BLAS kernels).
+    @numba.njit(parallel=True, nogil=True, fastmath=True)
+    def upper_dots(rowptr, col, z, known, out):
+        for i in numba.prange(rowptr.size - 1):
+            for e in range(rowptr[i], rowptr[i + 1]):
+                j = col[e]
+                if known[e] or j < i:
+                    continue
+                acc = z[i, 0] * z[j, 0]
+                for f in range(1, z.shape[1]):
+                    acc += z[i, f] * z[j, f]
+                out[e] = acc
+
+    @numba.njit(parallel=True, nogil=True)
+    def mirror(rowptr, col, reverse, known, out):
+        for i in numba.prange(rowptr.size - 1):
+            for e in range(rowptr[i], rowptr[i + 1]):
+                if col[e] < i and not known[e]:
+                    out[e] = out[reverse[e]]
+
+    return place, upper_dots, mirror
+
+
+def _dots_once(z: Tensor, pattern: CSRPattern, known_index: Optional[Tensor],
+               known_value: Optional[Tensor], reverse: Tensor) -> Tensor:
+    r"""Dot products on a symmetric pattern, each pair once: the known
+    ones placed, those of edges ``i <= j`` computed, the rest copied from
+    their reverses (compiled; one pass each)."""
+    place, upper_dots, mirror = _score_kernels()
+    rowptr, col = pattern.crow.numpy(), pattern.col_ids.numpy()
+    out = np.empty(col.size, z.numpy().dtype)
+    known = np.zeros(col.size, np.bool_)
+    if known_index is not None:
+        numba_runtime.call(place, known_index.numpy(),
+                           known_value.to(z.dtype).numpy(), known, out)
+    numba_runtime.call(upper_dots, rowptr, col, z.contiguous().numpy(), known,
+                       out)
+    numba_runtime.call(mirror, rowptr, col, reverse.numpy(), known, out)
+    return torch.from_numpy(out)
+
+
 class _EdgeReduce(torch.autograd.Function):
     r"""``out[e] = sum_f op(x[row[e], f], x[col[e], f])`` in edge chunks.
 
     ``op`` is the product (dot) or the squared difference (squared distance).
     The backward recomputes the gathered rows chunk by chunk instead of saving
     them, which is what keeps memory at ``O(|E| + N d)``.
+
+    Where :func:`reuses_work`, work already done is not done again: on a
+    symmetric pattern with :obj:`reverse` (the id of each edge's reverse),
+    values given as :obj:`known_value` at :obj:`known_index` are taken as
+    they are, the other edges ``row <= col`` are computed, and the rest
+    copied from their reverses. The backward pass is the same either way.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, row: Tensor, col: Tensor, sqdist: bool,
-                chunk_size: int, pattern: Optional[CSRPattern]) -> Tensor:
+                chunk_size: int, pattern: Optional[CSRPattern],
+                known_index: Optional[Tensor], known_value: Optional[Tensor],
+                reverse: Optional[Tensor]) -> Tensor:
         num_nodes = x.size(0)
         if pattern is None and not sqdist:
             pattern = csr_pattern(row, col, num_nodes, num_nodes, x.dtype)
         ctx.save_for_backward(x, row, col)
         ctx.sqdist, ctx.chunk_size = sqdist, chunk_size
         ctx.pattern = None if sqdist else pattern
-        if ctx.pattern is not None:
-            return torch.sparse.sampled_addmm(
-                pattern.matrix(x.new_zeros(row.numel())), x, x.t(),
-                beta=0.0).values()
-        out = x.new_empty(row.numel())
-        for s, e in _chunks(row.numel(), chunk_size):
-            a, b = x[row[s:e]], x[col[s:e]]
-            out[s:e] = ((a - b)**2).sum(-1) if sqdist else (a * b).sum(-1)
-        return out
+        if reverse is not None and reuses_work(x, sqdist) and \
+                ctx.pattern is not None:
+            return _dots_once(x.detach(), ctx.pattern, known_index,
+                              known_value, reverse)
+        return _reduce(x, row, col, sqdist, chunk_size, ctx.pattern)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -206,7 +291,7 @@ class _EdgeReduce(torch.autograd.Function):
                 else:
                     grad_x.index_add_(0, r, g * x[c])
                     grad_x.index_add_(0, c, g * x[r])
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def edge_chunk_size(dim: int, budget_bytes: int = 64 * 2**20,
@@ -216,20 +301,28 @@ def edge_chunk_size(dim: int, budget_bytes: int = 64 * 2**20,
 
 def edge_reduce(x: Tensor, edge_index: Tensor, sqdist: bool = False,
                 chunk_size: Optional[int] = None,
-                pattern: Optional[CSRPattern] = None) -> Tensor:
+                pattern: Optional[CSRPattern] = None,
+                known: Optional[Tuple[Tensor, Tensor]] = None,
+                reverse: Optional[Tensor] = None) -> Tensor:
     r"""Edge-wise dot product (or squared distance) of the rows of ``x``;
     :obj:`pattern`, the :class:`CSRPattern` of :obj:`edge_index`, saves
-    rebuilding it when many calls share the edges."""
+    rebuilding it when many calls share the edges; :obj:`known` (edge ids
+    and their values) are results already at hand, and :obj:`reverse` (on
+    a symmetric pattern, the id of each edge's reverse) halves the work."""
     if chunk_size is None:
         chunk_size = edge_chunk_size(x.size(-1), element_size=x.element_size())
+    known_index, known_value = known if known is not None else (None, None)
     return _EdgeReduce.apply(x, edge_index[0], edge_index[1], sqdist,
-                             chunk_size, pattern)
+                             chunk_size, pattern, known_index, known_value,
+                             reverse)
 
 
 def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
                     score_map: str = 'auto', gamma: Optional[float] = None,
                     prepared: bool = False,
-                    pattern: Optional[CSRPattern] = None) -> Tensor:
+                    pattern: Optional[CSRPattern] = None,
+                    known: Optional[Tuple[Tensor, Tensor]] = None,
+                    reverse: Optional[Tensor] = None) -> Tensor:
     r"""Relation scores of one view on every edge of ``edge_index``.
 
     Args:
@@ -243,17 +336,32 @@ def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
             unit-normalised for cosine. (default: :obj:`False`)
         pattern (CSRPattern, optional): The CSR form of :obj:`edge_index`,
             shared by calls on the same edges.
+        known (Tuple[torch.Tensor, torch.Tensor], optional): Edge ids and
+            their raw similarities (before the score map), e.g. from the kNN
+            search (:attr:`KNNResult.score
+            <pyg_lego.data.backends.KNNResult>`): these are taken as given
+            and only the other edges are computed. Cosine and dot only. The
+            gradient with respect to :obj:`x` is that of all edges.
+        reverse (torch.Tensor, optional): On a symmetric pattern, the id of
+            each edge's reverse edge :math:`(|\mathcal{E}|,)` (a self-loop
+            its own): similarities are symmetric, so only edges
+            :math:`i \le j` are computed and the others copied.
 
     Returns:
         Scores :math:`(|\mathcal{E}|,)`.
     """
     score_map = resolve_score_map(score_map, similarity)
     if similarity == 'rbf':
+        if known is not None:
+            raise ValueError("known similarities apply to 'cosine' and "
+                             "'dot' only")
         s = torch.exp(-default_gamma(x, gamma) *
-                      edge_reduce(x, edge_index, sqdist=True))
+                      edge_reduce(x, edge_index, sqdist=True,
+                                  reverse=reverse))
     else:
         z = x if prepared else prepare(x, similarity)
-        s = edge_reduce(z, edge_index, pattern=pattern)
+        s = edge_reduce(z, edge_index, pattern=pattern, known=known,
+                        reverse=reverse)
     return apply_score_map(s, score_map)
 
 
