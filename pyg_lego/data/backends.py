@@ -55,7 +55,7 @@ class KNNResult(NamedTuple):
             computed it in the features' own dtype: exact searches and faiss
             searches of float32 features, under :obj:`'cosine'` or
             :obj:`'dot'`. :func:`~pyg_lego.build_relation_graph` reuses it
-            instead of computing these scores again.
+            on large graphs instead of computing these scores again.
     """
     edge_index: Tensor
     backend: str

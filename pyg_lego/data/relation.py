@@ -193,8 +193,9 @@ def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
 #: Input edges of the union (every view's kNN edges, both directions, and
 #: the self-loops) from which it reuses the searches' similarities and
 #: scores each pair of edges once. Below, the bookkeeping cost more than it
-#: saved: at 16,000 nodes (1.6M input edges) the scores took 2x longer than
-#: computing all; at 64,000 (6.2M) 1.25x less time, at 1M 1.2x less.
+#: saved (union and scores 1.6 to 1.9x slower at 4000 to 16,000 nodes in
+#: benchmarks/scale.py); at 32,000 and 64,000 (6.2M input edges) both ways
+#: took the same time, and on a 1M-node graph the scores alone 1.2x less.
 REUSE_MIN_EDGES = 2**22
 
 #: View name -> ids of pattern edges and their raw similarities, known from
@@ -228,7 +229,7 @@ def union_pattern(views: Mapping[str, View], found: Mapping[str, KNNResult],
     graphs' edges, their reverses and self-loops; and with :obj:`reuse`,
     the similarities the searches computed, placed on the pattern's edges,
     and the id of each edge's reverse (else :obj:`{}` and :obj:`None`).
-    :obj:`reuse=None` reuses where it pays: where
+    :obj:`reuse=None` reuses where
     :func:`~pyg_lego.data.similarity.reuses_work` and from
     :data:`REUSE_MIN_EDGES` input edges."""
     parts = [v.edge_index[:, v.edge_index[0] != v.edge_index[1]]
@@ -341,10 +342,11 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         \bigcup_m \mathrm{kNN}_m \cup \mathrm{kNN}_m^\top \cup \mathbf{I}
 
     No :math:`N \times N` tensor is formed: kNN runs in blocks of query rows
-    and scores are edge-wise. A view's scores on its own kNN edges (and their
-    reverses) are the similarities its search computed, where the search
-    computed them in the features' dtype (exact and faiss searches, cosine
-    and dot); only the other edges are scored again. :obj:`k >= N - 1` gives
+    and scores are edge-wise. On large graphs (:data:`REUSE_MIN_EDGES`, on
+    the CPU with numba), a view's scores on its own kNN edges and their
+    reverses are the similarities its search computed (where it computed
+    them in the features' dtype: exact and faiss searches, cosine and dot),
+    and each other pair of edges is scored once. :obj:`k >= N - 1` gives
     the complete graph (the paper's setting, where everything equals the
     dense computation).
 

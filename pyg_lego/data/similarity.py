@@ -306,9 +306,10 @@ def edge_reduce(x: Tensor, edge_index: Tensor, sqdist: bool = False,
                 reverse: Optional[Tensor] = None) -> Tensor:
     r"""Edge-wise dot product (or squared distance) of the rows of ``x``;
     :obj:`pattern`, the :class:`CSRPattern` of :obj:`edge_index`, saves
-    rebuilding it when many calls share the edges; :obj:`known` (edge ids
-    and their values) are results already at hand, and :obj:`reverse` (on
-    a symmetric pattern, the id of each edge's reverse) halves the work."""
+    rebuilding it when many calls share the edges; where :func:`reuses_work`,
+    :obj:`known` (edge ids and their values) are results already at hand,
+    and :obj:`reverse` (on a symmetric pattern, the id of each edge's
+    reverse) halves the work."""
     if chunk_size is None:
         chunk_size = edge_chunk_size(x.size(-1), element_size=x.element_size())
     known_index, known_value = known if known is not None else (None, None)
@@ -339,13 +340,15 @@ def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
         known (Tuple[torch.Tensor, torch.Tensor], optional): Edge ids and
             their raw similarities (before the score map), e.g. from the kNN
             search (:attr:`KNNResult.score
-            <pyg_lego.data.backends.KNNResult>`): these are taken as given
-            and only the other edges are computed. Cosine and dot only. The
-            gradient with respect to :obj:`x` is that of all edges.
+            <pyg_lego.data.backends.KNNResult>`), given for both edges of
+            each pair: these are taken as given, with :obj:`reverse`. Cosine
+            and dot only.
         reverse (torch.Tensor, optional): On a symmetric pattern, the id of
             each edge's reverse edge :math:`(|\mathcal{E}|,)` (a self-loop
             its own): similarities are symmetric, so only edges
-            :math:`i \le j` are computed and the others copied.
+            :math:`i \le j` are computed and the others copied. Both apply
+            where :func:`reuses_work`; elsewhere every edge is computed. The
+            gradient with respect to :obj:`x` is that of all edges.
 
     Returns:
         Scores :math:`(|\mathcal{E}|,)`.
@@ -356,8 +359,7 @@ def edge_similarity(x: Tensor, edge_index: Tensor, similarity: str,
             raise ValueError("known similarities apply to 'cosine' and "
                              "'dot' only")
         s = torch.exp(-default_gamma(x, gamma) *
-                      edge_reduce(x, edge_index, sqdist=True,
-                                  reverse=reverse))
+                      edge_reduce(x, edge_index, sqdist=True))
     else:
         z = x if prepared else prepare(x, similarity)
         s = edge_reduce(z, edge_index, pattern=pattern, known=known,
