@@ -7,7 +7,8 @@ from pyg_lego import build_relation_graph
 from pyg_lego.data import backends
 from pyg_lego.data.backends import choose_backend, knn_recall, knn_search
 from pyg_lego.data.knn import exact_knn
-from pyg_lego.data.relation import coalesce_pattern, relation_scores
+from pyg_lego.data.relation import (coalesce_pattern, knn_pattern,
+                                    relation_scores)
 from pyg_lego.data.similarity import edge_similarity, prepare, reuses_work
 
 from .conftest import random_views, requires_cuda
@@ -307,6 +308,38 @@ def test_small_graphs_compute_every_score(monkeypatch):
     seen = spy_on_scores(monkeypatch, 2101)
     build_relation_graph(random_views(100, [6, 3]), k=5, backend='exact')
     assert seen == {6: (None, False), 3: (None, False)}
+
+
+@pytest.mark.parametrize('min_edges', [0, 10**9])  # reused, computed
+def test_scores_share_one_csr_pattern(monkeypatch, min_edges):
+    from pyg_lego.data import relation, similarity
+    monkeypatch.setattr(relation, 'REUSE_MIN_EDGES', min_edges)
+    built = []
+    real = similarity.CSRPattern.__init__
+
+    def count(self, *args, **kwargs):
+        built.append(1)
+        real(self, *args, **kwargs)
+    monkeypatch.setattr(similarity.CSRPattern, '__init__', count)
+    build_relation_graph(random_views(80, [4, 5, 3]), k=4, backend='exact')
+    assert len(built) == 1
+
+
+def test_knn_pattern_keeps_no_reuse_bookkeeping(monkeypatch):
+    from pyg_lego.data import relation
+    monkeypatch.setattr(relation, 'REUSE_MIN_EDGES', 0)
+    asked = []
+    real = relation.coalesce_pattern
+
+    def spy(edge_index, num_nodes, return_inverse=False):
+        asked.append(return_inverse)
+        return real(edge_index, num_nodes, return_inverse)
+    monkeypatch.setattr(relation, 'coalesce_pattern', spy)
+    views = random_views(60, [4, 5])
+    ei = knn_pattern(views, k=3)
+    assert asked == [False]
+    assert torch.equal(ei, build_relation_graph(views, k=3,
+                                                backend='exact').edge_index)
 
 
 def test_mixed_dtypes_recompute_the_promoted_view(monkeypatch):

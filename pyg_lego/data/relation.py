@@ -13,9 +13,9 @@ from torch_geometric.data import Batch, Data
 from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
                                     knn_recall, knn_search)
 from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges
-from pyg_lego.data.similarity import (check_similarity, edge_similarity,
-                                      id_dtype, resolve_score_map,
-                                      reuses_work)
+from pyg_lego.data.similarity import (check_similarity, csr_pattern,
+                                      edge_similarity, id_dtype,
+                                      resolve_score_map, reuses_work)
 from pyg_lego.data.validation import (check_edge_index, check_features,
                                       check_finite, check_gamma, check_k,
                                       check_same_device, zero_norm_rows)
@@ -187,7 +187,8 @@ def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
     device = check_same_device({n: (v.edge_index if isinstance(v, GivenGraph)
                                     else v) for n, v in views.items()})
     return _pattern(views, k, similarity, self_loops, num_nodes, device,
-                    memory_budget, progress, backend, knn_options)[0]
+                    memory_budget, progress, backend, knn_options,
+                    reuse=False)[0]
 
 
 #: Input edges of the union (every view's kNN edges, both directions, and
@@ -204,19 +205,22 @@ Known = Dict[str, Tuple[Tensor, Tensor]]
 
 
 def _pattern(views, k, similarity, self_loops, num_nodes, device,
-             memory_budget, progress, backend='exact', knn_options=None
+             memory_budget, progress, backend='exact', knn_options=None,
+             reuse: Optional[bool] = None
              ) -> Tuple[Tensor, Known, Optional[Tensor],
                         Dict[str, KNNResult]]:
     r"""The pattern, the similarities that the kNN searches computed on its
     edges, the id of each edge's reverse (:obj:`None` for the complete
-    graph), and each feature view's own search result."""
+    graph, or without :obj:`reuse`, see :func:`union_pattern`), and each
+    feature view's own search result."""
     has_features = any(not isinstance(v, GivenGraph) for v in views.values())
     if has_features and k >= num_nodes - 1:
         return complete_edges(num_nodes, self_loops, device), {}, None, {}
     found = {name: knn_search(v, k, similarity, backend, memory_budget,
                               progress, knn_options)
              for name, v in views.items() if not isinstance(v, GivenGraph)}
-    reuse = None if similarity != 'rbf' else False
+    if similarity == 'rbf' or not found:  # Nothing to reuse.
+        reuse = False
     return (*union_pattern(views, found, self_loops, num_nodes, device,
                            reuse), found)
 
@@ -307,6 +311,9 @@ def _scores(views, edge_index, similarity, score_map, gamma,
     dtype = reduce(torch.promote_types, [f.dtype for f in feats],
                    feats[0].dtype) if feats else torch.get_default_dtype()
     known = known or {}
+    # One CSR form of the pattern for every view's sampled product.
+    pattern = csr_pattern(edge_index[0], edge_index[1], num_nodes, num_nodes,
+                          dtype) if feats and similarity != 'rbf' else None
     cols = []
     for name, v in views.items():
         if isinstance(v, GivenGraph):
@@ -314,8 +321,8 @@ def _scores(views, edge_index, similarity, score_map, gamma,
             continue
         mine = known.get(name) if v.dtype == dtype else None
         cols.append(edge_similarity(v.to(dtype), edge_index, similarity,
-                                    score_map, gamma, known=mine,
-                                    reverse=reverse))
+                                    score_map, gamma, pattern=pattern,
+                                    known=mine, reverse=reverse))
     return torch.stack(cols, dim=-1)
 
 
