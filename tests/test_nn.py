@@ -220,14 +220,22 @@ def test_chunked_cp_fusion_equals_einsum(monkeypatch, num_views):
                       rank=3).double()
     weight = torch.randn(300, 2, generator=gen, dtype=torch.float64)
     results = []
-    for limit in (10**9, 50):  # einsum, then chunks of 50 // (2*3*M) edges
+    for limit in (10**9, 50):  # unchunked, then chunks of 50 // (2*3*M) edges
         monkeypatch.setattr(fusion, 'CP_CHUNK_ELEMENTS', limit)
+        monkeypatch.setattr(fusion, 'CP_CHUNK', limit)
         leaf = x.clone().requires_grad_()
         fuse.zero_grad()
         out = fuse(leaf)
         (out * weight).sum().backward()
         results.append((out.detach(), leaf.grad, fuse.weight.grad.clone()))
-    for a, b in zip(*results):
-        assert torch.allclose(a, b, atol=1e-12)
+    # The reference: the factors as one einsum, differentiated by autograd.
+    leaf, w = x.clone().requires_grad_(), fuse.weight.detach().clone()
+    w.requires_grad_()
+    out = torch.einsum('emp,crmp->ecrm', leaf, w).prod(-1).sum(-1)
+    (out * weight).sum().backward()
+    results.append((out.detach(), leaf.grad, w.grad))
+    for a, b, c in zip(*results):
+        assert torch.allclose(a, c, atol=1e-12)
+        assert torch.allclose(b, c, atol=1e-12)
     assert torch.autograd.gradcheck(
         lambda v: fuse(v), (x[:20].clone().requires_grad_(),))

@@ -13,12 +13,39 @@ KINDS = ('polynomial', 'linear')
 #: holds at once: beyond it, it runs in edge chunks and recomputes the
 #: factors in its backward pass instead of saving them.
 CP_CHUNK_ELEMENTS = 1 << 22
+#: Factor elements per chunk once chunked, so that a chunk's temporaries
+#: stay in cache: with the per-view einsum this code used before, forward
+#: and backward at 2.4M edges (M = 3, rank 4) took 0.66x the time of chunks
+#: of ``CP_CHUNK_ELEMENTS``.
+CP_CHUNK = 1 << 19
+
+
+def _block_weight(w: Tensor) -> Tensor:
+    r"""The CP coefficients :math:`(C, R, M, P + 1)` as one block-diagonal
+    :math:`(M (P + 1), C R M)` matrix, so that the factors
+    :math:`\langle \mathbf{x}_{e, m}, \mathbf{W}_{c, r, m} \rangle` of all
+    views are one matrix product of the flattened scores: :math:`M` times
+    the multiply-adds of the per-view products, but one GEMM in place of
+    :math:`M` batched products with an inner size of :math:`P + 1`.
+    Forward and backward of the polynomial fusion at 2.4M edges
+    (:math:`M = 3`, rank 4) took 0.30x the time of the per-view einsum
+    (0.48x at 300k edges)."""
+    C, R, M, n = w.shape
+    eye = torch.eye(M, dtype=w.dtype, device=w.device)
+    return torch.einsum('crmp,mk->mpcrk', w, eye).reshape(M * n, C * R * M)
+
+
+def _cp_factors(x: Tensor, block: Tensor, shape: torch.Size) -> Tensor:
+    r"""The factors :math:`(|\mathcal{E}|, C, R, M)` of scores :obj:`x`
+    :math:`(|\mathcal{E}|, M, P + 1)` under :func:`_block_weight`."""
+    C, R, M, n = shape
+    return (x.reshape(x.size(0), M * n) @ block).view(-1, C, R, M)
 
 
 class ChunkedCP(torch.autograd.Function):
     r"""The CP polynomial :math:`\sum_r \prod_m \langle \mathbf{x}_{e, m},
     \mathbf{W}_{c, r, m} \rangle` in chunks of :obj:`chunk` edges, saving only
-    its inputs. The plain einsum saves the :math:`(|\mathcal{E}|, C, R, M)`
+    its inputs. The plain form saves the :math:`(|\mathcal{E}|, C, R, M)`
     factors and allocates several more of that size in its backward pass
     (forward and backward grew the resident memory by 7.6 GB at
     :math:`|\mathcal{E}| = 39` M, :math:`R = 4`, :math:`M = 3`). With
@@ -35,9 +62,10 @@ class ChunkedCP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, chunk: int) -> Tensor:
+        block = _block_weight(w)
         out = x.new_empty(x.size(0), w.size(0))
         for s in range(0, x.size(0), chunk):
-            f = torch.einsum('emp,crmp->ecrm', x[s:s + chunk], w)
+            f = _cp_factors(x[s:s + chunk], block, w.shape)
             out[s:s + chunk] = f.prod(dim=-1).sum(dim=-1)
         ctx.save_for_backward(x, w)
         ctx.chunk = chunk
@@ -47,20 +75,40 @@ class ChunkedCP(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, w = ctx.saved_tensors
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        C, R, M, n = w.shape
+        block = _block_weight(w)
+        flat = x.reshape(x.size(0), M * n)
+        grad_x = torch.empty_like(flat) if ctx.needs_input_grad[0] else None
+        grad_block = torch.zeros_like(block) \
+            if ctx.needs_input_grad[1] else None
         for s in range(0, x.size(0), ctx.chunk):
-            xc = x[s:s + ctx.chunk]
-            f = torch.einsum('emp,crmp->ecrm', xc, w)
-            ones = torch.ones_like(f[..., :1])
-            before = torch.cat([ones, f[..., :-1]], -1).cumprod(-1)
-            after = torch.cat([f[..., 1:], ones], -1).flip(-1).cumprod(-1) \
-                .flip(-1)
-            df = grad[s:s + ctx.chunk, :, None, None] * before * after
+            xc = flat[s:s + ctx.chunk]
+            f = _cp_factors(xc, block, w.shape)
+            # df[..., m] = g * (product of the factors before m) * (after m);
+            # the prefix starts from g so that it is multiplied in once.
+            df = torch.empty_like(f)
+            before = [grad[s:s + ctx.chunk, :, None].expand(-1, C, R)]
+            for m in range(1, M):
+                before.append(before[-1] * f[..., m - 1])
+            after = None
+            for m in range(M - 1, -1, -1):
+                if after is None:
+                    df[..., m] = before[m]
+                    after = f[..., m]
+                else:
+                    torch.mul(before[m], after, out=df[..., m])
+                    after = after * f[..., m]
+            df = df.view(-1, C * R * M)
             if grad_x is not None:
-                grad_x[s:s + ctx.chunk] = torch.einsum('ecrm,crmp->emp', df, w)
-            if grad_w is not None:
-                grad_w += torch.einsum('ecrm,emp->crmp', df, xc)
+                torch.mm(df, block.t(), out=grad_x[s:s + ctx.chunk])
+            if grad_block is not None:
+                grad_block.addmm_(xc.t(), df)
+        if grad_x is not None:
+            grad_x = grad_x.view_as(x)
+        grad_w = None
+        if grad_block is not None:
+            grad_w = grad_block.view(M, n, C, R, M) \
+                .diagonal(dim1=0, dim2=4).permute(1, 2, 3, 0)
         return grad_x, grad_w, None
 
 
@@ -203,9 +251,8 @@ class LEGOFusion(torch.nn.Module):
         per_edge = w.size(0) * w.size(1) * w.size(2)
         if x.size(0) * per_edge > CP_CHUNK_ELEMENTS and \
                 torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return ChunkedCP.apply(x, w,
-                                   max(1, CP_CHUNK_ELEMENTS // per_edge))
-        factors = torch.einsum('emp,crmp->ecrm', x, w)
+            return ChunkedCP.apply(x, w, max(1, CP_CHUNK // per_edge))
+        factors = _cp_factors(x, _block_weight(w), w.shape)
         return factors.prod(dim=-1).sum(dim=-1)
 
     def coefficients(self, channel: int = 0) -> CoefficientTable:
