@@ -48,3 +48,52 @@ def call(kernel, *args) -> None:
         nb.set_num_threads(max(1, min(torch.get_num_threads(),
                                       nb.config.NUMBA_NUM_THREADS)))
         kernel(*args)
+
+
+@lru_cache(maxsize=None)
+def prefetch():
+    r"""A numba intrinsic ``prefetch(array, i)`` that asks the CPU to bring
+    row :obj:`i` of :obj:`array` into cache (LLVM's ``llvm.prefetch``: a
+    hint, which never faults), or :obj:`None` where this numba and llvmlite
+    cannot compile it; kernels then run without it."""
+    nb = numba()
+    try:
+        import numpy as np
+        from llvmlite import ir
+        from numba.core import cgutils, types
+        from numba.extending import intrinsic
+
+        def codegen(context, builder, signature, args):
+            array_type, index_type = signature.args
+            array = context.make_array(array_type)(context, builder, args[0])
+            index = [context.cast(builder, args[1], index_type, types.intp)]
+            index += [context.get_constant(types.intp, 0)] * \
+                (array_type.ndim - 1)
+            ptr = cgutils.get_item_pointer(context, builder, array_type,
+                                           array, index, wraparound=False)
+            if getattr(ptr.type, 'is_opaque', False):
+                name = 'llvm.prefetch.p0'
+            else:  # typed pointers (LLVM 14 and older)
+                ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+                name = 'llvm.prefetch.p0i8'
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                name)
+            # A read, kept in all cache levels, of data (not instructions).
+            builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        @intrinsic
+        def prefetch_row(typingctx, array, i):
+            return types.void(array, i), codegen
+
+        @nb.njit(cache=False)
+        def probe(array):
+            prefetch_row(array, 1)
+
+        probe(np.zeros((2, 3)))
+    except Exception:
+        return None
+    return prefetch_row
