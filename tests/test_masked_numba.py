@@ -294,6 +294,33 @@ def test_prefetching_path_kernels_equal_the_plain_ones(monkeypatch, views):
         assert np.array_equal(x, y)
 
 
+
+def test_prefetching_walks_and_gather_equal_the_plain_ones():
+    from pyg_lego.nn import masked_numba
+    _, data = graph(n=60, k=4)
+    pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
+    gen = np.random.default_rng(0)
+    a, grad = gen.random((2, data.num_edges, 3))
+    perm = gen.permutation(data.num_edges)
+    rowptr, col, t_rowptr, t_src, t_edge = pattern.numpy(
+        'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
+    results = []
+    for hint in (False, True):  # False: the no-op a failed probe leaves
+        kernels = masked_numba._kernels.__wrapped__(prefetch=hint)
+        outs = [np.zeros_like(a) for _ in range(4)]
+        for name, src, out in (('row', a, outs[0]), ('carry', grad, outs[1])):
+            numba_runtime.call(getattr(kernels, name), rowptr, col, src, a,
+                               out, pattern.num_nodes, pattern.num_chunks)
+        numba_runtime.call(kernels.weight, rowptr, col, t_rowptr, t_src,
+                           t_edge, grad, a, outs[2], pattern.num_nodes,
+                           pattern.num_chunks)
+        numba_runtime.call(kernels.gather, a, perm, outs[3])
+        results.append(outs)
+    assert np.array_equal(results[1][3], a[perm])
+    for x, y in zip(*results):
+        assert np.array_equal(x, y)
+
+
 def test_prefetch_hint_compiles_or_falls_back(monkeypatch):
     import numba.extending
     # The numba that CI installs compiles the hint (a release that cannot
