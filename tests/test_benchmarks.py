@@ -50,3 +50,20 @@ def test_large_run_builds_then_runs_every_mode(tmp_path):
     for mode in ('elementwise', 'propagated', 'masked'):
         assert result[mode]['total_s'] >= result[mode]['forward_s'] > 0
         assert result[mode]['peak_rss'] > 0
+
+
+def test_prefetch_benchmark_writes_json_and_markdown(tmp_path):
+    pytest.importorskip('numba')
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'prefetch.py'),
+         '--sizes', '400', '--rounds', '1', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / 'prefetch.json').read_text())
+    (row,) = result['results']
+    assert row['N'] == 400 and row['paths'] > row['E'] > 0
+    assert row['hint_compiled']
+    for name in ('path_forward', 'walk_weight', 'gather'):
+        assert row['hint_s'][name] > 0 and row['plain_s'][name] > 0
+        assert row['hint_vs_plain'][name] > 0
+    assert '| 400 |' in (tmp_path / 'prefetch.md').read_text()
