@@ -209,7 +209,7 @@ def measure_size(n: int, args) -> Dict:
     res['time']['propagated_forward'] = timed(lambda: prop_conv(
         edge_index, edge_attr, xs=xs, num_nodes=n), rep)[0]
     # The same with the locality relabelling switched off (it applies from
-    # 16 MiB of features per view: N = 64000 here).
+    # 8 MiB of features per view: N >= 32000 here).
     from pyg_lego.nn import locality
     threshold = locality.RELABEL_MIN_FEATURE_BYTES
     locality.RELABEL_MIN_FEATURE_BYTES = math.inf

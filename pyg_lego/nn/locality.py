@@ -17,10 +17,12 @@ from pyg_lego.data.similarity import id_dtype
 RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are
-#: relabelled for each call: at 16,000 nodes x 128 (8 MiB) the relabelling
-#: cost more (0.17 s) than it saved (0.03 s) in the forward pass; at
-#: 64,000 (32 MiB) it saved 0.74 s for 0.30 s.
-RELABEL_MIN_FEATURE_BYTES = 16 * 2**20
+#: relabelled for each call. Relabelled over not, forward and backward, 3
+#: views x 128 float32 (benchmark graphs): 1.18x at 8,000 nodes (3.9 MiB
+#: per view), 0.83x at 16,000 (7.8 MiB; on another VM the forward's
+#: relabelling cost 0.17 s and saved 0.03 s there), 0.42x at 32,000
+#: (15.6 MiB); at 64,000 it saved 0.74 s of the forward for 0.30 s.
+RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 
 class Relabel:
