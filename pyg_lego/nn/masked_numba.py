@@ -72,7 +72,9 @@ def _kernels(prefetch: bool = True):
         rows ``i``, calling :obj:`step` with the ids ``e`` of ``(i, j)``,
         ``e1`` of ``(i, l)`` and ``e2`` of ``(l, j)`` (numba compiles the
         step into the loop). A step may write to the edges of row ``i``
-        only: those are the edges ``e`` and ``e1``."""
+        only: those are the edges ``e`` and ``e1``. The row of the neighbour
+        :obj:`WALK_AHEAD` places on is prefetched: its column ids and its
+        entries of :obj:`weight` (an edge-indexed array in every pass)."""
         @numba.njit(parallel=True, cache=False, nogil=True)
         def walk_pass(rowptr, col, src, weight, out, num_nodes, num_chunks):
             n = rowptr.size - 1
