@@ -4,6 +4,7 @@ hint and without it on the same graph and inputs, in interleaved rounds.
 
     python benchmarks/prefetch.py                 # N = 16000 and 64000
     python benchmarks/prefetch.py --sizes 4000
+    python benchmarks/prefetch.py --distance 16 --walk-ahead 4   # other hints
 
 The graph is the one ``scale.py`` measures (its views, k = 16, 3 views of
 width 128, exact kNN). Results go to ``<out>/prefetch.json`` and
@@ -24,7 +25,7 @@ KERNELS = ('path_forward', 'path_carry', 'path_weight', 'walk_forward',
            'walk_carry', 'walk_weight', 'gather')
 
 
-def passes(masked_numba, pattern, stored, a, grad, hint: bool):
+def passes(masked_numba, pattern, stored, a, grad, perm, hint: bool):
     r"""One timed call of every kernel, with or without the hint."""
     import numpy as np
     call = masked_numba._call
@@ -34,7 +35,6 @@ def passes(masked_numba, pattern, stored, a, grad, hint: bool):
         'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
     index = stored.numpy('ptr', 'first', 'second')
     chunks = (pattern.num_nodes, pattern.num_chunks)
-    perm = np.random.default_rng(0).permutation(a.shape[0])
     runs = {
         'path_forward': lambda o: call(forward, *index, a, a, o),
         'path_carry': lambda o: call(carry, rowptr, *index, grad, a, o,
@@ -75,14 +75,18 @@ def measure(n: int, rounds: int) -> dict:
     stored = masked_numba.StoredPaths.enumerate(pattern)
     a = pattern.to_pattern(a).numpy()
     grad = np.random.default_rng(1).random(a.shape, dtype=a.dtype)
+    perm = np.random.default_rng(0).permutation(a.shape[0])
     # Compile both, and check that the hint changes no result.
-    _, plain = passes(masked_numba, pattern, stored, a, grad, False)
-    _, hinted = passes(masked_numba, pattern, stored, a, grad, True)
+    _, plain = passes(masked_numba, pattern, stored, a, grad, perm,
+                      False)
+    _, hinted = passes(masked_numba, pattern, stored, a, grad, perm,
+                       True)
     assert all(np.array_equal(plain[k], hinted[k]) for k in KERNELS)
     samples = {True: [], False: []}
     for _ in range(rounds):
         for hint in (False, True):
-            times, _ = passes(masked_numba, pattern, stored, a, grad, hint)
+            times, _ = passes(masked_numba, pattern, stored, a, grad,
+                              perm, hint)
             samples[hint].append([times[k] for k in KERNELS])
     on, off = np.array(samples[True]), np.array(samples[False])
     ratio = np.median(on / off, axis=0)
@@ -98,13 +102,27 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--sizes', type=int, nargs='+', default=[16000, 64000])
     p.add_argument('--rounds', type=int, default=7)
+    p.add_argument('--distance', type=int,
+                   help='paths (rows) ahead that the stored-path passes and '
+                        'the gather prefetch (default: PREFETCH_DISTANCE)')
+    p.add_argument('--walk-ahead', type=int,
+                   help='neighbours ahead that the walks prefetch (default: '
+                        'WALK_AHEAD)')
     p.add_argument('--out', default=os.path.join(HERE, 'results'))
     args = p.parse_args()
     import torch
+    from pyg_lego.nn import masked_numba
+    # Before any kernel is compiled: numba freezes the globals it reads.
+    if args.distance is not None:
+        masked_numba.PREFETCH_DISTANCE = args.distance
+    if args.walk_ahead is not None:
+        masked_numba.WALK_AHEAD = args.walk_ahead
     results = [measure(n, args.rounds) for n in args.sizes]
     meta = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
             'torch': torch.__version__, 'threads': torch.get_num_threads(),
-            'rounds': args.rounds}
+            'rounds': args.rounds,
+            'prefetch_distance': masked_numba.PREFETCH_DISTANCE,
+            'walk_ahead': masked_numba.WALK_AHEAD}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'prefetch.json'), 'w') as f:
         json.dump({'meta': meta, 'results': results}, f, indent=1)

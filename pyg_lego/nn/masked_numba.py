@@ -166,15 +166,18 @@ def _kernels(prefetch: bool = True):
 
 
 #: Neighbours ahead of the one being walked whose rows the walks prefetch
-#: (:func:`_kernels`). At N = 64,000 the forward, carry and weight walks took
-#: 0.84, 0.90 and 0.92x their time without the hint, and the gather between
-#: edge orders 0.35x (it prefetches :obj:`PREFETCH_DISTANCE` rows ahead).
+#: (:func:`_kernels`). ``benchmarks/prefetch.py`` at N = 64,000: the forward,
+#: carry and weight walks took 0.92, 0.95 and 0.94x their time without the
+#: hint, and the gather between edge orders (:obj:`PREFETCH_DISTANCE` rows
+#: ahead) 0.56x.
 WALK_AHEAD = 2
 #: Paths ahead of the one being summed whose gathered rows the stored-path
-#: kernels prefetch (:func:`_path_kernels`). At N = 64,000 (30M paths) the
-#: forward, carry and weight passes took 0.54, 0.54 and 0.64x their time
-#: without the hint (0.63 to 0.73x at 16 paths ahead, 0.51 to 0.58x at
-#: 128); at N = 4,000, whose rows fit in cache, 0.74 to 0.92x.
+#: kernels prefetch (:func:`_path_kernels`). ``benchmarks/prefetch.py`` at
+#: N = 64,000 (30M paths): the forward, carry and weight passes took 0.54,
+#: 0.55 and 0.64x their time without the hint, 0.70 to 0.83x at 16,000. A
+#: one-off sweep before that script (same kernels and graph) gave 0.63 to
+#: 0.73x at 16 paths ahead and 0.51 to 0.58x at 128; rerun it with
+#: ``--distance``.
 PREFETCH_DISTANCE = 64
 
 
