@@ -8,7 +8,8 @@ with a baseline measured in the same process.
 Every size runs in a fresh subprocess (so that its peak resident memory,
 ``ru_maxrss``, is its own); within it a sampling thread reads the resident set
 of ``/proc/self/statm`` to give each stage its own peak (growth over the RSS
-at the stage's start). Results go to ``<out>/scale.json``, ``<out>/scale.md``
+at the stage's start, once the memory earlier stages freed has been handed
+back to the system). Results go to ``<out>/scale.json``, ``<out>/scale.md``
 and ``<out>/scale.png``.
 
 Data: ``M`` views of the same nodes, linear maps of a shared 16-dimensional
@@ -16,6 +17,8 @@ Gaussian-mixture latent plus noise (clustered, low intrinsic dimension, as
 learned features tend to be). Approximate-kNN recall depends on that.
 """
 import argparse
+import ctypes
+import gc
 import json
 import math
 import os
@@ -74,16 +77,31 @@ class PeakRSS:
         self.bytes = self.peak - self.start
 
 
+def release_freed_memory() -> None:
+    r"""Hands the memory that Python and the C heap hold free back to the
+    system (glibc's ``malloc_trim``; elsewhere only a garbage collection),
+    so that the next stage's RSS growth counts what it allocates, not only
+    what it allocates beyond the free memory an earlier stage left."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
+
+
 def timed(fn: Callable, repeat: int = 1):
-    r"""Best wall time of :obj:`repeat` runs, peak RSS growth, last result."""
-    best, peak, out = math.inf, 0, None
+    r"""Best wall time of :obj:`repeat` runs, the peak RSS growth of the
+    last run (the first may compile kernels), last result. Each run starts
+    with :func:`release_freed_memory`."""
+    best, out = math.inf, None
     for _ in range(repeat):
+        out = None  # freed before the next run starts
+        release_freed_memory()
         with PeakRSS() as mem:
             t = time.perf_counter()
             out = fn()
             best = min(best, time.perf_counter() - t)
-        peak = max(peak, mem.bytes)
-    return best, peak, out
+    return best, mem.bytes, out
 
 
 def make_views(n: int, num_views: int, dim: int, seed: int = 0):
