@@ -3,6 +3,7 @@ README reads from them."""
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -41,6 +42,8 @@ def test_scale_benchmark_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / 'scale.png').stat().st_size > 0
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc',
+                    reason='the heap behaviour tested is glibc\'s')
 def test_stage_memory_counts_memory_an_earlier_stage_freed():
     import torch
     spec = importlib.util.spec_from_file_location('scale', SCALE)
@@ -49,9 +52,11 @@ def test_stage_memory_counts_memory_an_earlier_stage_freed():
 
     def stage():  # 64 MiB in blocks of 4 MiB
         return [torch.ones(2**20) for _ in range(16)]
-    # A freed 16 MiB block raises glibc's threshold for blocks it maps
-    # apart: the 4 MiB blocks then come from its heap, which keeps up to
-    # 32 MiB of them when they are freed, as after this earlier stage.
+    # Freeing a 16 MiB block, which glibc maps on its own, raises its
+    # threshold for doing so to 16 MiB: the 4 MiB blocks then come from
+    # its heap, which keeps up to 32 MiB of them once they are freed, as
+    # this earlier stage leaves them. Without the trim, the stage measured
+    # 36 MiB.
     freed = torch.ones(4 * 2**20)
     del freed
     stage()
