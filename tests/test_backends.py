@@ -105,6 +105,31 @@ def test_approximate_search_is_widened_to_the_target_recall(backend, knob,
     assert knn_recall(tuned.edge_index, x, 10, sample=300, seed=7) >= 0.95
 
 
+@pytest.mark.parametrize('backend,knob,default,floor', [
+    ('faiss-ivf', 'nprobe', backends.IVF_NPROBE, 1),
+    ('faiss-hnsw', 'ef_search', 64, 11)])
+def test_default_search_narrows_while_above_the_target(backend, knob, default,
+                                                       floor):
+    pytest.importorskip('faiss')
+    x = clustered(3000, 16)  # easy: the default search finds ~all
+    res = knn_search(x, 10, backend=backend)
+    assert floor <= res.settings[knob] < default
+    target = backends.TARGET_RECALL + backends.NARROW_MARGIN
+    assert res.settings['tuned_recall'] >= target
+    assert knn_recall(res.edge_index, x, 10, sample=300, seed=7) >= 0.95
+    # Half the chosen setting falls short of the margin on the tuning
+    # sample, unless the chosen one is the floor (the same seed builds the
+    # same index; a target of 0 only measures the given setting).
+    if res.settings[knob] > floor:
+        half = knn_search(x, 10, backend=backend, options={
+            knob: max(floor, res.settings[knob] // 2), 'target_recall': 0.0})
+        assert half.settings['tuned_recall'] < target
+    # A setting the caller gives is never narrowed.
+    given = knn_search(x, 10, backend=backend, options={knob: default})
+    assert given.settings[knob] == default
+    assert given.settings['tuned_recall'] >= target
+
+
 def test_ivf_tuning_stops_at_an_exhaustive_search():
     pytest.importorskip('faiss')
     x = torch.randn(800, 16, generator=torch.Generator().manual_seed(1))

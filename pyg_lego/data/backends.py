@@ -36,6 +36,12 @@ IVF_TRAIN_PER_LIST = 40
 #: search widens (HNSW ``ef_search``, IVF ``nprobe``, doubled each step)
 #: until a sample of queries reaches it.
 TARGET_RECALL = 0.95
+#: Where the default search already beats the target by this much, it
+#: narrows instead (the knob halved each step) while the sample still
+#: does: the margin covers the sample's error. At N = 1M (benchmark data,
+#: IVF), 4 probes kept recall@16 at 0.966 and searched in 0.67x to 0.76x
+#: the time of the default 8 (0.982).
+NARROW_MARGIN = 0.01
 #: Queries of that sample.
 TUNE_SAMPLE = 500
 
@@ -187,7 +193,8 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
     target = options.get('target_recall', TARGET_RECALL)
     if knob is not None and target is not None:
         # Widen the search until a sample of queries finds the target
-        # share of its exact neighbours (the index is built once).
+        # share of its exact neighbours (the index is built once), or
+        # narrow it while they find more than enough.
         # Its own seed: the recall reported by knn_recall is then measured
         # on another sample than the one the search was tuned on.
         size = int(options.get('tune_sample', TUNE_SAMPLE))
@@ -197,14 +204,28 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
         sample = torch.randperm(n, generator=tune)[:size].to(z.device)
         exact = _exact_sample(z, sample, k, similarity)
-        while True:
+
+        def recall() -> float:
             configure()
             found = index.search(z[sample], k + 1)[1].to(exact.device,
                                                          torch.long)
-            settings['tuned_recall'] = _sample_recall(exact, found, sample)
-            if settings['tuned_recall'] >= target or settings[knob] >= limit:
-                break
+            return _sample_recall(exact, found, sample)
+        settings['tuned_recall'] = recall()
+        # A default that beats the target with the margin narrows; a knob
+        # the caller set is only ever widened.
+        narrow = knob not in options and settings['tuned_recall'] >= target
+        while settings['tuned_recall'] < target and settings[knob] < limit:
             settings[knob] = min(2 * settings[knob], limit)
+            settings['tuned_recall'] = recall()
+        floor = k + 1 if kind == 'hnsw' else 1
+        while narrow and settings[knob] > floor and \
+                settings['tuned_recall'] >= target + NARROW_MARGIN:
+            wider = settings[knob], settings['tuned_recall']
+            settings[knob] = max(floor, settings[knob] // 2)
+            settings['tuned_recall'] = recall()
+            if settings['tuned_recall'] < target + NARROW_MARGIN:
+                settings[knob], settings['tuned_recall'] = wider
+                narrow = False
     configure()
     starts = range(0, n, QUERY_BLOCK)
     if progress:
@@ -275,7 +296,10 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
             :data:`TARGET_RECALL`; :obj:`None` turns tuning off) and
             :obj:`tune_sample` (default :data:`TUNE_SAMPLE`): the search
             is widened until that many sampled queries reach the target
-            recall against the exact search, or until it is exhaustive.
+            recall against the exact search, or until it is exhaustive;
+            where the default :obj:`ef_search` / :obj:`nprobe` beats the
+            target by :data:`NARROW_MARGIN`, it is narrowed while the
+            sample still does.
 
     Returns:
         :class:`KNNResult`.
