@@ -202,6 +202,13 @@ def test_faiss_graph_scores_and_recall():
     assert torch.allclose(data.edge_attr, again, atol=1e-5, rtol=0)
     assert set(data.knn_recall) == {'a', 'b'}
     assert all(r >= 0.9 for r in data.knn_recall.values())
+    # The settings each search ran with, the tuned ones included.
+    assert set(data.knn_settings) == {'a', 'b'}
+    for settings in data.knn_settings.values():
+        assert 7 <= settings['ef_search'] <= 64  # floor k + 1, default 64
+        assert settings['tuned_recall'] >= backends.TARGET_RECALL
+    exact = build_relation_graph(views, k=6, backend='exact')
+    assert 'knn_settings' not in exact and 'knn_recall' not in exact
 
 
 def edge_dots(x, edge_index, similarity):

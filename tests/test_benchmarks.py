@@ -70,6 +70,7 @@ def test_large_run_builds_then_runs_every_mode(tmp_path):
         str(tmp_path))
     result = json.loads((tmp_path / 'large.json').read_text())
     assert result['build']['N'] == 3000
+    assert 'knn_settings' in result['build']  # None for an exact build
     for mode in ('elementwise', 'propagated', 'masked'):
         assert result[mode]['total_s'] >= result[mode]['forward_s'] > 0
         assert result[mode]['peak_rss'] > 0

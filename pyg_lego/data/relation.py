@@ -394,7 +394,11 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         :class:`RelationData` with :obj:`x_<view>` node features per feature
         view, :obj:`edge_index` :math:`(2, |\mathcal{E}|)`,
         :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`, :obj:`view_names`,
-        :obj:`num_nodes`, and the :obj:`similarity` and :obj:`score_map` used.
+        :obj:`num_nodes`, and the :obj:`similarity` and :obj:`score_map` used;
+        after a faiss HNSW or IVF search, :obj:`knn_settings` (view name ->
+        the index settings it ran with, e.g. the tuned :obj:`nprobe` and
+        the tuning sample's :obj:`tuned_recall`), and after an approximate
+        one, :obj:`knn_recall`.
     """
     k = check_k(k)
     check_backend(backend)
@@ -439,9 +443,12 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     data.score_map = score_map
     if n_id is not None:
         data.n_id = n_id
-    for name, res in found.items():
-        if res.settings:
-            log.info('kNN of %s: %s, %s', name, res.backend, res.settings)
+    settings = {name: res.settings for name, res in found.items()
+                if res.settings}
+    for name, value in settings.items():
+        log.info('kNN of %s: %s, %s', name, found[name].backend, value)
+    if settings:
+        data.knn_settings = settings
     if recall:
         log.info('kNN recall@%d: %s', k, recall)
         data.knn_recall = recall
