@@ -67,3 +67,18 @@ def test_batch_of_graphs_with_different_view_orders_is_refused():
     batch = next(iter(DataLoader([a, b], batch_size=2)))
     with pytest.raises(ValueError, match='disagree on view_names'):
         LEGO(['v0', 'v1']).double().fuse(batch)
+
+
+def test_graphs_of_exact_and_approximate_searches_batch_without_diagnostics():
+    pytest.importorskip('faiss')
+    views = [random_views(n, [5, 3], seed=n) for n in (120, 80)]
+    approx = build_relation_graph(views[0], k=4, backend='faiss-ivf')
+    exact = build_relation_graph(views[1], k=4, backend='exact')
+    assert 'knn_settings' in approx and 'knn_settings' not in exact
+    # The README's way around the per-graph diagnostics.
+    batch = next(iter(DataLoader(
+        [approx, exact], batch_size=2,
+        exclude_keys=['knn_recall', 'knn_settings'])))
+    assert batch.num_graphs == 2 and batch.num_nodes == 200
+    assert torch.equal(batch.edge_attr, torch.cat([approx.edge_attr,
+                                                    exact.edge_attr]))
