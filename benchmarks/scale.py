@@ -354,8 +354,7 @@ def measure_large(args) -> Dict:
     data = build_relation_graph(views, k=args.k, backend=args.backend,
                                 progress=True, recall_sample=1000)
     res = {'N': n, 'build_s': time.perf_counter() - t, 'E': data.num_edges,
-           'recall': data.get('knn_recall'),
-           'knn_settings': data.get('knn_settings'),
+           'recall': data.knn_recall, 'knn_settings': data.knn_settings,
            'build_peak_rss': resource.getrusage(
                resource.RUSAGE_SELF).ru_maxrss * 1024}
     print(json.dumps(res), flush=True)

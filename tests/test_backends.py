@@ -208,7 +208,11 @@ def test_faiss_graph_scores_and_recall():
         assert 7 <= settings['ef_search'] <= 64  # floor k + 1, default 64
         assert settings['tuned_recall'] >= backends.TARGET_RECALL
     exact = build_relation_graph(views, k=6, backend='exact')
-    assert 'knn_settings' not in exact and 'knn_recall' not in exact
+    assert exact.knn_settings is None and exact.knn_recall is None
+    # Kept beside the graph's data: copies and devices keep them.
+    assert data.clone().knn_settings == data.knn_settings
+    assert data.to('cpu').knn_recall == data.knn_recall
+    assert 'knn_recall' not in data.keys()
 
 
 def edge_dots(x, edge_index, similarity):
@@ -403,7 +407,7 @@ def test_scores_stay_differentiable(monkeypatch, min_edges):
 
 def test_exact_backend_reports_no_recall():
     data = build_relation_graph(random_views(50, [4]), k=3, backend='exact')
-    assert 'knn_recall' not in data
+    assert data.knn_recall is None
 
 
 @requires_cuda

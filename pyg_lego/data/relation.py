@@ -49,11 +49,35 @@ View = Union[Tensor, GivenGraph]
 log = logging.getLogger(__name__)
 
 
+def _diagnostic(name: str, doc: str) -> property:
+    r"""A per-graph attribute kept beside the graph's data, not in it:
+    copies, devices and saving keep it, PyG's batching leaves it out (a
+    batch reads :obj:`None`), so graphs that have it and graphs that do not
+    batch together."""
+    private = f'_{name}'
+
+    def get(self) -> Any:
+        return self._store.__dict__.get(private)
+
+    def set(self, value: Any) -> None:
+        self._store.__dict__[private] = value
+    return property(get, set, doc=doc)
+
+
 class RelationData(Data):
     r"""A :class:`~torch_geometric.data.Data` whose optional
     :obj:`path_index` (edge ids of two-step paths, see
     :func:`pyg_lego.nn.two_hop_paths`) is offset by the number of edges when
-    graphs are batched."""
+    graphs are batched. The kNN diagnostics :attr:`knn_recall` and
+    :attr:`knn_settings` are per graph: batching leaves them out."""
+
+    knn_recall = _diagnostic('knn_recall', r"""View name -> recall@k of its
+        approximate kNN search on a sample of nodes (:obj:`None` after
+        exact searches, and on a batch).""")
+    knn_settings = _diagnostic('knn_settings', r"""View name -> the settings
+        its faiss HNSW or IVF search ran with, e.g. the tuned
+        :obj:`nprobe` and the tuning sample's :obj:`tuned_recall`
+        (:obj:`None` after other searches, and on a batch).""")
 
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
         if key == 'path_index':
@@ -395,10 +419,9 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         view, :obj:`edge_index` :math:`(2, |\mathcal{E}|)`,
         :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`, :obj:`view_names`,
         :obj:`num_nodes`, and the :obj:`similarity` and :obj:`score_map` used;
-        after a faiss HNSW or IVF search, :obj:`knn_settings` (view name ->
-        the index settings it ran with, e.g. the tuned :obj:`nprobe` and
-        the tuning sample's :obj:`tuned_recall`), and after an approximate
-        one, :obj:`knn_recall`.
+        after approximate searches, the diagnostics
+        :attr:`~RelationData.knn_recall` and
+        :attr:`~RelationData.knn_settings`.
     """
     k = check_k(k)
     check_backend(backend)
