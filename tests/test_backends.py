@@ -1,4 +1,5 @@
 import importlib.util
+import io
 
 import pytest
 import torch
@@ -209,9 +210,15 @@ def test_faiss_graph_scores_and_recall():
         assert settings['tuned_recall'] >= backends.TARGET_RECALL
     exact = build_relation_graph(views, k=6, backend='exact')
     assert exact.knn_settings is None and exact.knn_recall is None
-    # Kept beside the graph's data: copies and devices keep them.
+    # Kept beside the graph's data: copies, devices and saving keep them.
     assert data.clone().knn_settings == data.knn_settings
     assert data.to('cpu').knn_recall == data.knn_recall
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.knn_settings == data.knn_settings
+    assert loaded.knn_recall == data.knn_recall
     assert 'knn_recall' not in data.keys()
 
 

@@ -225,7 +225,7 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
             settings['tuned_recall'] = recall()
             if settings['tuned_recall'] < target + NARROW_MARGIN:
                 settings[knob], settings['tuned_recall'] = wider
-                narrow = False
+                break
     configure()
     starts = range(0, n, QUERY_BLOCK)
     if progress:
