@@ -94,3 +94,26 @@ def test_prefetch_benchmark_writes_json_and_markdown(tmp_path):
         assert row['hint_s'][name] > 0 and row['plain_s'][name] > 0
         assert row['hint_vs_plain'][name] > 0
     assert '| 400 |' in (tmp_path / 'prefetch.md').read_text()
+
+
+def test_locality_benchmark_writes_json_and_markdown(tmp_path):
+    pytest.importorskip('numba')
+    pytest.importorskip('scipy')
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'locality.py'),
+         '--sizes', '600', '--rounds', '1', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / 'locality.json').read_text())
+    (row,) = result['results']
+    assert row['N'] == 600 and row['E'] > 0
+    orders = ('input', 'rcm', 'locality')
+    assert set(row['time_s']) == set(orders)
+    for name in orders:
+        assert set(row['time_s'][name]) == {'spmm', 'masked_paths',
+                                            'masked_walk'}
+        assert all(t > 0 for t in row['time_s'][name].values())
+        assert 0 <= row['far_share'][name] <= 1
+    # The graph's clusters are numbered at random; the order finds them.
+    assert row['median_span']['locality'] < row['median_span']['input'] / 2
+    assert '| 600 | locality |' in (tmp_path / 'locality.md').read_text()

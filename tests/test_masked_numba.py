@@ -178,6 +178,8 @@ def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
     budget = 0 if stored == 'walk' else None
     weight = torch.randn(data.num_edges, 3, 4, dtype=torch.float64)
     results = []
+    # Groups of 8 nodes: 120 nodes are renumbered, not left as they are.
+    monkeypatch.setattr(locality, 'LEAF_SIZE', 8)
     for threshold in (10**9, 0):  # as given, then relabelled
         monkeypatch.setattr(locality, 'RELABEL_MIN_EDGES', threshold)
         attr = data.edge_attr.detach().clone().requires_grad_(True)
