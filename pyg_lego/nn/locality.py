@@ -53,12 +53,10 @@ class Relabel:
         rank = _inverse(order)
         row, col = rank[row], rank[col]
         edge_perm = torch.sort(row * num_nodes + col).indices
-        # The pattern and the maps in 32 bits where they fit (gathers and
-        # the CSR patterns take them): at 39M edges the pattern is 0.6 GB
-        # in 64 bits, and so are the two edge maps.
+        self.edge_index = torch.stack([row[edge_perm], col[edge_perm]])
+        # The maps in 32 bits where they fit (index_select takes them): at
+        # 39M edges the two edge maps are 0.6 GB in 64 bits.
         ids = id_dtype(num_nodes, row.numel())
-        self.edge_index = torch.stack([row[edge_perm].to(ids),
-                                       col[edge_perm].to(ids)])
         self.order, self._rank = order.to(ids), rank.to(ids)
         self.edge_perm = edge_perm.to(ids)
         self.edge_rank = _inverse(edge_perm).to(ids)
