@@ -169,9 +169,16 @@ def main():
             'torch': torch.__version__, 'threads': torch.get_num_threads(),
             'rounds': args.rounds, 'far': FAR, 'graph': args.graph}
     os.makedirs(args.out, exist_ok=True)
-    name = 'locality_large' if args.graph else 'locality'
-    with open(os.path.join(args.out, name + '.json'), 'w') as f:
+    stem = 'locality_large' if args.graph else 'locality'
+    with open(os.path.join(args.out, stem + '.json'), 'w') as f:
         json.dump({'meta': meta, 'results': results}, f, indent=1)
+    md = markdown(meta, results)
+    with open(os.path.join(args.out, stem + '.md'), 'w') as f:
+        f.write(md)
+    print(md)
+
+
+def markdown(meta: dict, results: list) -> str:
     passes = list(results[0]['time_s']['input'])
     lines = ['| N | order | computed in (s) | median span | share > '
              f'{FAR} | ' + ' | '.join(f'{p} (ms)' for p in passes) + ' |',
@@ -184,12 +191,9 @@ def main():
                 f"{r['far_share'][name]:.3f} | " + ' | '.join(
                     f"{1e3 * r['time_s'][name][p]:.1f}" for p in passes)
                 + ' |')
-    md = ('Node orders of the kNN graph, each pass timed on it (median of '
-          f"{args.rounds} interleaved rounds; {meta['machine']}, "
-          f"{meta['threads']} threads)\n\n" + '\n'.join(lines) + '\n')
-    with open(os.path.join(args.out, name + '.md'), 'w') as f:
-        f.write(md)
-    print(md)
+    return ('Node orders of the kNN graph, each pass timed on it (median of '
+            f"{meta['rounds']} interleaved rounds; {meta['machine']}, "
+            f"{meta['threads']} threads)\n\n" + '\n'.join(lines) + '\n')
 
 
 if __name__ == '__main__':

@@ -117,3 +117,28 @@ def test_locality_benchmark_writes_json_and_markdown(tmp_path):
     # The graph's clusters are numbered at random; the order finds them.
     assert row['median_span']['locality'] < row['median_span']['input'] / 2
     assert '| 600 | locality |' in (tmp_path / 'locality.md').read_text()
+
+
+def test_locality_benchmark_on_a_saved_graph(tmp_path):
+    pytest.importorskip('numba')
+    pytest.importorskip('scipy')
+    import torch
+    from .test_scale import graph
+    views, data = graph(n=500, dtype=torch.float32)
+    saved = tmp_path / 'graph.pt'
+    torch.save({'edge_index': data.edge_index, 'edge_attr': data.edge_attr,
+                'view0': next(iter(views.values()))}, saved)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'locality.py'),
+         '--graph', str(saved), '--rounds', '1', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / 'locality.json').exists()
+    assert not (tmp_path / 'locality.md').exists()
+    result = json.loads((tmp_path / 'locality_large.json').read_text())
+    assert result['meta']['graph'] == str(saved)
+    (row,) = result['results']
+    assert row['N'] == 500 and row['E'] == data.num_edges
+    # No stored paths on a saved graph (at N = 1M they take tens of GB).
+    assert set(row['time_s']['locality']) == {'spmm', 'masked_walk'}
+    assert '| 500 | rcm |' in (tmp_path / 'locality_large.md').read_text()

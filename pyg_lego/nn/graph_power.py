@@ -422,10 +422,11 @@ class GraphPowerConv(MessagePassing):
         pays from :obj:`RELABEL_MIN_EDGES` edges on; for one call, where a
         view's features outgrow :obj:`RELABEL_MIN_FEATURE_BYTES` (see
         :mod:`~pyg_lego.nn.locality`). Views recomputed to stay within
-        :obj:`memory_budget` are relabelled too: at N = 1M, forward and
-        backward took 173 s against 364 s, for a peak of 16.8 GB against
-        15.1 GB (the pattern, its maps and, per view, a relabelled copy of
-        the features and of their gradient)."""
+        :obj:`memory_budget` are relabelled too: at N = 1M, the mode's
+        forward and backward took 207 s against 364 s, for a peak of
+        16.7 GB against 15.1 GB (the relabelled pattern and its maps, and
+        per view a relabelled copy of the features and of their
+        gradient)."""
         if edge_index.device.type != 'cpu' or \
                 torch.compiler.is_compiling() or \
                 edge_index.size(1) < locality.RELABEL_MIN_EDGES:

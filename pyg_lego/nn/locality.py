@@ -17,15 +17,16 @@ RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are
 #: relabelled for each call. Relabelled over not, forward and backward, 3
-#: views x 128 float32 (benchmark graphs): 1.18x at 8,000 nodes (3.9 MiB
-#: per view), 0.83x at 16,000 (7.8 MiB; on another VM the forward's
-#: relabelling cost 0.17 s and saved 0.03 s there), 0.42x at 32,000
-#: (15.6 MiB); at 64,000 it saved 0.74 s of the forward for 0.30 s.
+#: views x 128 float32 (benchmark graphs, in the reverse Cuthill-McKee
+#: order of the time): 1.18x at 8,000 nodes (3.9 MiB per view), 0.83x at
+#: 16,000 (7.8 MiB; on another VM the forward's relabelling cost 0.17 s
+#: and saved 0.03 s there), 0.42x at 32,000 (15.6 MiB); at 64,000 it
+#: saved 0.74 s of the forward for 0.30 s.
 RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 #: Groups of at most this many nodes are left in the input order by
-#: :class:`Relabel` (4 to 256 measured the same at 64,000 nodes: edges
-#: span about 100 labels either way).
+#: :class:`Relabel` (from 4 to 256, an edge's median span was 104 to 114
+#: labels at 64,000 nodes: the groups' own order hardly matters).
 LEAF_SIZE = 256
 
 
@@ -103,10 +104,10 @@ def locality_order(edge_index: Tensor, num_nodes: int, dim: int = 8,
     group by group, until no group has more than :obj:`leaf_size` nodes.
 
     On the benchmark's kNN graphs (3 views, k = 16) an edge's median span
-    :math:`|i - j|` in this numbering stays near 100 from 16,000 to 64,000
-    nodes, where reverse Cuthill-McKee's grew from 268 to 3,007, and a CSR
-    product with 128 columns took 0.73x RCM's time at 64,000 nodes (one
-    process; :mod:`benchmarks`).
+    :math:`|i - j|` in this numbering was 92, 104 and 233 at 16,000, 64,000
+    and 1M nodes, where reverse Cuthill-McKee's was 268, 3,007 and 77,542;
+    a CSR product with 128 columns took 0.61x RCM's time at 64,000 nodes
+    and 0.75x at 1M (``benchmarks/locality.py``).
 
     Args:
         edge_index (torch.Tensor): The pattern, sorted by row.
