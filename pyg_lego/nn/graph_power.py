@@ -423,7 +423,7 @@ class GraphPowerConv(MessagePassing):
         view's features outgrow :obj:`RELABEL_MIN_FEATURE_BYTES` (see
         :mod:`~pyg_lego.nn.locality`). Views recomputed to stay within
         :obj:`memory_budget` are relabelled too: at N = 1M, the mode's
-        forward and backward took 207 s against 364 s, for a peak of
+        forward and backward took 221 s against 364 s, for a peak of
         16.7 GB against 15.1 GB (the relabelled pattern and its maps, and
         per view a relabelled copy of the features and of their
         gradient)."""
