@@ -44,16 +44,6 @@ def rcm_order(edge_index, num_nodes: int):
         adj, symmetric_mode=False).astype(np.int64))
 
 
-def renumbered(edge_index, order, num_nodes: int):
-    r"""The coalesced pattern with node ``order[t]`` numbered ``t``."""
-    import torch
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num_nodes)
-    row, col = rank[edge_index[0]], rank[edge_index[1]]
-    perm = torch.argsort(row * num_nodes + col)
-    return torch.stack([row[perm], col[perm]])
-
-
 def runs(edge_index, num_nodes: int, weight, x, masked_numba,
          paths: bool = True):
     r"""The timed passes over one numbering, as zero-argument calls that
@@ -94,6 +84,7 @@ def measure(n: int, rounds: int, graph: Optional[str] = None) -> dict:
     import numpy as np
     import torch
     from pyg_lego.nn import locality, masked_numba, relation_norm
+    from pyg_lego.nn.locality import Relabel
     if graph is None:
         sys.path.insert(0, HERE)
         from scale import make_views
@@ -114,34 +105,35 @@ def measure(n: int, rounds: int, graph: Optional[str] = None) -> dict:
     res = {'N': n, 'E': int(ei.size(1)), 'order_s': {}, 'median_span': {},
            'far_share': {}}
     x = torch.randn(n, 128, generator=torch.Generator().manual_seed(0))
-    calls, back = {}, {}
+    calls, inputs = {}, {}
     for name in ORDERS:
         t = time.perf_counter()
         order = finders[name]()
         res['order_s'][name] = time.perf_counter() - t
-        pattern = renumbered(ei, order, n)
+        relabel = Relabel(ei, n, order)
+        pattern = relabel.edge_index
         span = (pattern[0] - pattern[1]).abs()
         res['median_span'][name] = float(span.float().median())
         res['far_share'][name] = float((span > FAR).float().mean())
         # The same values on every numbering: a node keeps its features,
         # an edge its weights.
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n)
-        edge_perm = torch.argsort(rank[ei[0]] * n + rank[ei[1]])
-        edge_rank = torch.empty_like(edge_perm)
-        edge_rank[edge_perm] = torch.arange(edge_perm.numel())
+        edge_perm = relabel.edge_perm.long()
         calls[name] = runs(pattern, n, a[edge_perm].contiguous(), x[order],
                            masked_numba, paths=graph is None)
-        back[name] = {'node': rank.numpy(), 'edge': edge_rank.numpy()}
+        inputs[name] = {'node': order.numpy(), 'edge': edge_perm.numpy()}
     passes = list(calls['input'])
     # Compiles, touches memory first, and checks that each numbering gives
-    # the same values: node rows and edge rows mapped back.
+    # the same values: the input numbering's, at the input node and edge of
+    # every row.
     reference = {}
     for name in ORDERS:
         for p, run in calls[name].items():
-            out = run()[back[name]['node' if p == 'spmm' else 'edge']]
-            assert np.allclose(reference.setdefault(p, out), out,
-                               rtol=1e-4, atol=1e-6), (name, p)
+            out = run()
+            if name == 'input':
+                reference[p] = out
+            at = inputs[name]['node' if p == 'spmm' else 'edge']
+            assert np.allclose(reference[p][at], out, rtol=1e-4,
+                               atol=1e-6), (name, p)
     samples = {name: {p: [] for p in passes} for name in ORDERS}
     for _ in range(rounds):
         for name in ORDERS:

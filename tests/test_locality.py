@@ -27,6 +27,8 @@ def test_relabel_is_a_renumbering_of_the_same_pattern():
                        torch.arange(data.num_edges))
     key = relabel.edge_index[0] * n + relabel.edge_index[1]
     assert bool((key[1:] > key[:-1]).all())  # coalesced
+    given = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(Relabel(ei, n, given).order.long(), given)
     # Neighbours lie closer in the new numbering than in the input's.
     span = (ei[0] - ei[1]).abs().float().median()
     new_span = (relabel.edge_index[0] - relabel.edge_index[1]).abs()

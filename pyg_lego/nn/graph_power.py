@@ -417,10 +417,11 @@ class GraphPowerConv(MessagePassing):
     def _relabel(self, edge_index: Tensor, num_nodes: int,
                  xs: List[Tensor]) -> Optional[Relabel]:
         r"""The locality relabelling the propagated mode runs on (CPU): its
-        products and scores gather feature rows at random, 2.3x slower
-        unrelabelled at 64,000 nodes. Cached with :obj:`cached`, where it
-        pays from :obj:`RELABEL_MIN_EDGES` edges on; for one call, where a
-        view's features outgrow :obj:`RELABEL_MIN_FEATURE_BYTES` (see
+        products and scores gather feature rows at random, 2.45x slower
+        unrelabelled at 64,000 nodes (forward, scale benchmark). Cached
+        with :obj:`cached`, where it pays from :obj:`RELABEL_MIN_EDGES`
+        edges on; for one call, where a view's features outgrow
+        :obj:`RELABEL_MIN_FEATURE_BYTES` (see
         :mod:`~pyg_lego.nn.locality`). Views recomputed to stay within
         :obj:`memory_budget` are relabelled too: at N = 1M, the mode's
         forward and backward took 221 s against 364 s, for a peak of

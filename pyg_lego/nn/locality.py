@@ -6,6 +6,8 @@ another cache line once the graph outgrows the caches. The passes that
 gather at random run on a renumbered copy of the pattern instead, and map
 their values back.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -26,15 +28,16 @@ RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 #: Groups of at most this many nodes are left in the input order by
 #: :class:`Relabel` (from 4 to 256, an edge's median span was 104 to 114
-#: labels at 64,000 nodes: the groups' own order hardly matters).
+#: labels at 64,000 nodes in a one-off run: the groups' own order hardly
+#: matters).
 LEAF_SIZE = 256
 
 
 class Relabel:
     r"""A coalesced :obj:`edge_index` with its nodes renumbered in
-    :func:`locality_order`, which keeps the neighbours of a node close to it
-    in the numbering, and so the rows a pass visits close together in
-    memory.
+    :func:`locality_order` (or in a given :obj:`order`), which keeps the
+    neighbours of a node close to it in the numbering, and so the rows a
+    pass visits close together in memory.
 
     The maps are 32-bit where the sizes fit.
 
@@ -47,10 +50,12 @@ class Relabel:
         edge_index (torch.Tensor): The relabelled pattern, coalesced.
     """
 
-    def __init__(self, edge_index: Tensor, num_nodes: int):
+    def __init__(self, edge_index: Tensor, num_nodes: int,
+                 order: Optional[Tensor] = None):
         row, col = edge_index[0], edge_index[1]
-        order = locality_order(edge_index, num_nodes,
-                               leaf_size=LEAF_SIZE)
+        if order is None:
+            order = locality_order(edge_index, num_nodes,
+                                   leaf_size=LEAF_SIZE)
         rank = _inverse(order)
         row, col = rank[row], rank[col]
         edge_perm = torch.sort(row * num_nodes + col).indices
