@@ -68,11 +68,12 @@ def runs(edge_index, num_nodes: int, weight, x, masked_numba,
         if paths:
             stored = masked_numba.StoredPaths.enumerate(pattern)
             forward = masked_numba._path_kernels(a.shape[1])[0]
-            index = stored.numpy('ptr', 'first', 'second')
 
             def masked_paths():
                 power = np.zeros_like(a)
-                masked_numba._call(forward, *index, a, a, power)
+                masked_numba._call(forward, rowptr, col, stored.ptr,
+                                   stored.pairs, a, a, power,
+                                   pattern.num_chunks)
                 return power
             out['masked_paths'] = masked_paths
     return out

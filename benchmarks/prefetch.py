@@ -4,7 +4,7 @@ hint and without it on the same graph and inputs, in interleaved rounds.
 
     python benchmarks/prefetch.py                 # N = 16000 and 64000
     python benchmarks/prefetch.py --sizes 4000
-    python benchmarks/prefetch.py --distance 16 --walk-ahead 4   # other hints
+    python benchmarks/prefetch.py --path-ahead 4 --walk-ahead 4   # other hints
 
 The graph is the one ``scale.py`` measures (its views, k = 16, 3 views of
 width 128, exact kNN). Results go to ``<out>/prefetch.json`` and
@@ -33,15 +33,16 @@ def passes(masked_numba, pattern, stored, a, grad, perm, hint: bool):
     kernels = masked_numba._kernels(hint)
     rowptr, col, t_rowptr, t_src, t_edge = pattern.numpy(
         'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
-    index = stored.numpy('ptr', 'first', 'second')
+    index = (stored.ptr, stored.pairs)
     chunks = (pattern.num_nodes, pattern.num_chunks)
     runs = {
-        'path_forward': lambda o: call(forward, *index, a, a, o),
-        'path_carry': lambda o: call(carry, rowptr, *index, grad, a, o,
+        'path_forward': lambda o: call(forward, rowptr, col, *index, a, a, o,
+                                       pattern.num_chunks),
+        'path_carry': lambda o: call(carry, rowptr, col, *index, grad, a, o,
                                      pattern.num_chunks),
         'path_weight': lambda o: call(
-            weight, *stored.numpy('t_ptr', 't_closing', 't_first'), grad, a,
-            o),
+            weight, rowptr, t_rowptr, t_src, t_edge, *stored.bounds(pattern),
+            stored.pairs, grad, a, o, pattern.num_chunks),
         'walk_forward': lambda o: call(kernels.row, rowptr, col, a, a, o,
                                        *chunks),
         'walk_carry': lambda o: call(kernels.carry, rowptr, col, grad, a, o,
@@ -91,7 +92,7 @@ def measure(n: int, rounds: int) -> dict:
     on, off = np.array(samples[True]), np.array(samples[False])
     ratio = np.median(on / off, axis=0)
     return {'N': n, 'E': int(data.num_edges),
-            'paths': int(stored.ptr[-1]),
+            'paths': stored.num_paths,
             'hint_compiled': masked_numba.numba_runtime.prefetch() is not None,
             'plain_s': dict(zip(KERNELS, np.median(off, 0).tolist())),
             'hint_s': dict(zip(KERNELS, np.median(on, 0).tolist())),
@@ -103,8 +104,11 @@ def main():
     p.add_argument('--sizes', type=int, nargs='+', default=[16000, 64000])
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--distance', type=int,
-                   help='paths (rows) ahead that the stored-path passes and '
-                        'the gather prefetch (default: PREFETCH_DISTANCE)')
+                   help='rows ahead that the gather between edge orders '
+                        'prefetches (default: PREFETCH_DISTANCE)')
+    p.add_argument('--path-ahead', type=int,
+                   help='first edges ahead that the stored-path passes '
+                        'prefetch (default: PATH_AHEAD)')
     p.add_argument('--walk-ahead', type=int,
                    help='neighbours ahead that the walks prefetch (default: '
                         'WALK_AHEAD)')
@@ -117,11 +121,14 @@ def main():
         masked_numba.PREFETCH_DISTANCE = args.distance
     if args.walk_ahead is not None:
         masked_numba.WALK_AHEAD = args.walk_ahead
+    if args.path_ahead is not None:
+        masked_numba.PATH_AHEAD = args.path_ahead
     results = [measure(n, args.rounds) for n in args.sizes]
     meta = {'machine': f'{platform.machine()}, {os.cpu_count()} cores',
             'torch': torch.__version__, 'threads': torch.get_num_threads(),
             'rounds': args.rounds,
             'prefetch_distance': masked_numba.PREFETCH_DISTANCE,
+            'path_ahead': masked_numba.PATH_AHEAD,
             'walk_ahead': masked_numba.WALK_AHEAD}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, 'prefetch.json'), 'w') as f:

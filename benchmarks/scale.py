@@ -266,18 +266,23 @@ def measure_size(n: int, args) -> Dict:
         # order (no moves between edge orders, no autograd function).
         forward_pass = masked_numba._path_kernels(M)[0]
         a_pat = pattern.to_pattern(a).numpy()
-        index = stored.numpy('ptr', 'first', 'second')
+        rowptr, col = pattern.numpy('rowptr', 'col')
 
         def kernel_orders():
             src = a_pat
             for _ in range(2, P + 1):
                 out = np.zeros_like(a_pat)
-                masked_numba._call(forward_pass, *index, src, a_pat, out)
+                masked_numba._call(forward_pass, rowptr, col, stored.ptr,
+                                   stored.pairs, src, a_pat, out,
+                                   pattern.num_chunks)
                 src = out
         res['time']['masked_order_kernel'] = timed(kernel_orders, rep)[0] \
             / max(1, P - 1)
-        # Each path reads two ids and gathers two rows of M scores.
-        res['masked_GBps'] = paths.size(1) * (8 + 2 * M * a.element_size()) \
+        # Each path reads its two positions and a row of M scores, and adds
+        # into another row (read and written).
+        per_path = masked_numba.StoredPaths.bytes_per_path(pattern) + \
+            3 * M * a.element_size()
+        res['masked_GBps'] = paths.size(1) * per_path \
             / res['time']['masked_order'] / 1e9
     path_mat = torch.sparse_coo_tensor(
         paths[[2, 0]], edge_attr[paths[1], 0], (E, E)).coalesce() \

@@ -44,20 +44,22 @@ def numba():
     return numba
 
 
-def call(kernel, *args) -> None:
-    r"""Runs a compiled :obj:`kernel` on as many threads as torch uses."""
+def call(kernel, *args):
+    r"""Runs a compiled :obj:`kernel` on as many threads as torch uses, and
+    returns what it returns."""
     nb = numba()
     compiled = len(kernel.signatures)
     with _LOCK:
         nb.set_num_threads(max(1, min(torch.get_num_threads(),
                                       nb.config.NUMBA_NUM_THREADS)))
-        kernel(*args)
+        out = kernel(*args)
     if len(kernel.signatures) > compiled:
         # Compiling left reference cycles that reach, through frames, up
         # the stack to our callers and the tensors they hold; only a full
         # collection frees them. Without this one, the masked mode at
         # N = 1M held 5 GB of them after its backward pass.
         gc.collect()
+    return out
 
 
 @lru_cache(maxsize=None)

@@ -81,12 +81,13 @@ def test_prefetch_benchmark_writes_json_and_markdown(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'benchmarks', 'prefetch.py'),
          '--sizes', '400', '--rounds', '1', '--distance', '3',
-         '--walk-ahead', '1', '--out', str(tmp_path)],
+         '--walk-ahead', '1', '--path-ahead', '4', '--out', str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / 'prefetch.json').read_text())
     assert result['meta']['prefetch_distance'] == 3
     assert result['meta']['walk_ahead'] == 1
+    assert result['meta']['path_ahead'] == 4
     (row,) = result['results']
     assert row['N'] == 400 and row['paths'] > row['E'] > 0
     assert row['hint_compiled']

@@ -74,67 +74,135 @@ def test_stored_paths_equal_the_walk(monkeypatch):
         out = conv(data.edge_index, attr, num_nodes=data.num_nodes, **kw)
         (out * weight).sum().backward()
         results.append((out.detach(), attr.grad))
-    assert len(enumerated) == 1 and enumerated[0] is not None
-    with torch.no_grad():  # no backward pass to pay the enumeration back
+    # Counted and over the budget of 0, then stored; a given index is used.
+    assert [found is not None for found in enumerated] == [False, True]
+    with torch.no_grad():
+        # One pass by walks is cheaper than storing the paths for it.
+        out = GraphPowerConv(2, kernel='numba')(
+            data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+        assert len(enumerated) == 2
+        assert torch.allclose(out, results[0][0][..., :3], atol=1e-12)
+        # Two passes pay the enumeration back.
         out = GraphPowerConv(3, kernel='numba')(
             data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
-    assert len(enumerated) == 1
+        assert len(enumerated) == 3
     assert torch.allclose(out, results[0][0], atol=1e-12)
     for out, grad in results[1:]:
         assert torch.allclose(out, results[0][0], atol=1e-12)
         assert torch.allclose(grad, results[0][1], atol=1e-12)
 
 
+def _decoded(stored, pattern):
+    r"""The paths of :obj:`stored` as sorted keys of their (closing, first,
+    second) edge ids in the pattern."""
+    rowptr, col, row = pattern.rowptr.long(), pattern.col.long(), pattern.row
+    first = torch.repeat_interleave(
+        torch.arange(col.numel()),
+        torch.from_numpy(np.diff(stored.ptr)).long())
+    pairs = torch.from_numpy(stored.pairs.astype(np.int64))
+    closing = rowptr[row[first]] + pairs[:, 0]
+    second = rowptr[col[first]] + pairs[:, 1]
+    num_edges = col.numel()
+    return torch.sort((closing * num_edges + first) * num_edges + second
+                      ).values
+
+
 def test_enumerated_paths_equal_the_torch_index():
     from pyg_lego.nn import masked_numba
     _, data = graph(n=120)
-    num_edges = data.num_edges
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
     for reorder in (False, True):
         pattern = masked_numba.Pattern(data.edge_index, data.num_nodes,
                                        reorder=reorder)
-        given = masked_numba.StoredPaths.from_index(
-            two_hop_paths(data.edge_index, data.num_nodes), pattern)
+        given = masked_numba.StoredPaths.from_index(paths, pattern)
         found = masked_numba.StoredPaths.enumerate(pattern)
-        assert found.first.dtype == torch.int32
-        assert torch.equal(found.ptr, given.ptr)
-        assert torch.equal(found.t_ptr, given.t_ptr)
-        # The same paths, in either grouping (the order within a group
-        # follows the input's edge ids in one, the kernels' in the other).
-        for ptr, ids in (('ptr', ('first', 'second')),
-                         ('t_ptr', ('t_closing', 't_first'))):
-            def keys(stored):
-                group = torch.repeat_interleave(
-                    torch.arange(num_edges),
-                    getattr(stored, ptr).diff().long())
-                a, b = (getattr(stored, n).long() for n in ids)
-                return torch.sort((group * num_edges + a) * num_edges + b
-                                  ).values
-            assert torch.equal(keys(found), keys(given))
-        # Only the walks' weight gradient reads the transposed pattern.
+        assert found.pairs.dtype == np.uint8  # rows of at most 256 edges
+        assert masked_numba.StoredPaths.bytes_per_path(pattern) == 2
+        assert np.array_equal(found.ptr, given.ptr)
+        # The same paths as the torch index, mapped to the pattern's ids.
+        ids = pattern.edge_ids(paths).long()
+        num_edges = data.num_edges
+        expected = torch.sort((ids[2] * num_edges + ids[0]) * num_edges
+                              + ids[1]).values
+        assert torch.equal(_decoded(found, pattern), expected)
+        assert torch.equal(_decoded(given, pattern), expected)
+        if not reorder:  # the index's order within a group is j's too
+            assert np.array_equal(found.pairs, given.pairs)
+        # Only the weight gradient reads the transposed pattern.
         assert pattern._csr._t is None
-        assert pattern.num_candidates >= found.first.numel()
-        total = found.first.numel()
+        total = found.num_paths
+        assert total == paths.size(1)
         assert masked_numba.StoredPaths.enumerate(pattern, total) is not None
         assert masked_numba.StoredPaths.enumerate(pattern, total - 1) is None
     empty = masked_numba.Pattern(torch.empty(2, 0, dtype=torch.long), 5)
-    assert masked_numba.StoredPaths.enumerate(empty).first.numel() == 0
+    assert masked_numba.StoredPaths.enumerate(empty).num_paths == 0
+
+
+def test_positions_widen_for_rows_of_more_than_256_edges():
+    from pyg_lego.nn import masked_numba
+    # A hub joined to 299 nodes on a ring: its row holds 300 edges, so
+    # the positions in it need 16 bits.
+    n = 300
+    ring = torch.arange(1, n)
+    hub = torch.zeros_like(ring)
+    edge_index = torch.cat([torch.stack([hub, ring]), torch.stack([ring, hub]),
+                            torch.stack([ring, ring % (n - 1) + 1]),
+                            torch.stack([ring % (n - 1) + 1, ring]),
+                            torch.arange(n).repeat(2, 1)], 1)
+    edge_index = torch.unique(edge_index, dim=1)
+    edge_index = edge_index[:, torch.argsort(edge_index[0] * n +
+                                             edge_index[1])]
+    pattern = masked_numba.Pattern(edge_index, n, reorder=False)
+    stored = masked_numba.StoredPaths.enumerate(pattern)
+    assert stored.pairs.dtype == np.uint16
+    assert int(stored.pairs.max()) >= 256
+    attr = torch.rand(edge_index.size(1), 2, dtype=torch.float64)
+    weight = torch.randn(edge_index.size(1), 2, 4, dtype=torch.float64)
+    results = []
+    for kernel in ('torch', 'numba'):
+        a = attr.clone().requires_grad_(True)
+        out = GraphPowerConv(3, kernel=kernel, dense_blocks=False)(
+            edge_index, a, num_nodes=n)
+        (out * weight).sum().backward()
+        results.append((out.detach(), a.grad))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
+
+
+def test_a_path_index_of_another_pattern_is_rejected():
+    from pyg_lego.nn import masked_numba
+    _, data = graph(n=60)
+    paths = two_hop_paths(data.edge_index, data.num_nodes)
+    pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
+    conv = GraphPowerConv(3, kernel='numba')
+    swapped = paths[[1, 0, 2]]  # second edges in place of first ones
+    assert not torch.equal(swapped, paths)
+    for bad, match in ((paths[:2], 'shape'),
+                       (paths + data.num_edges, 'columns'),
+                       (paths - 1, 'columns'),
+                       (swapped, 'no path i -> l -> j')):
+        with pytest.raises(ValueError, match=match):
+            masked_numba.StoredPaths.from_index(bad, pattern)
+    with pytest.raises(ValueError, match='no path'):
+        conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes,
+             path_index=swapped)
 
 
 def test_cached_numba_plan_stores_paths_within_the_budget():
     _, data = graph()
     num_paths = two_hop_paths(data.edge_index, data.num_nodes).size(1)
     conv = GraphPowerConv(3, kernel='numba', cached=True,
-                          memory_budget=16 * num_paths)
+                          memory_budget=2 * num_paths)
     out = conv(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     pattern, stored = conv._cached_numba
-    assert stored is not None and stored.first.numel() == num_paths
-    assert stored.first.dtype == torch.int32
+    assert stored is not None and stored.num_paths == num_paths
+    assert stored.ptr.dtype == np.int32
     assert torch.allclose(conv(data.edge_index, data.edge_attr,
                                num_nodes=data.num_nodes), out)
     conv.reset_parameters()
     assert conv._cached_numba is None
     small = GraphPowerConv(3, kernel='numba', cached=True,
-                           memory_budget=16 * num_paths - 1)
+                           memory_budget=2 * num_paths - 1)
     again = small(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
     assert small._cached_numba[1] is None  # walks the pattern instead
     assert torch.allclose(again, out, atol=1e-12)
@@ -286,29 +354,55 @@ def _path_passes(kernels, stored, pattern, a, grad):
     r"""The three stored-path passes of :obj:`kernels` on one input."""
     forward, carry, weight = kernels
     outs = [np.zeros_like(a) for _ in range(3)]
-    numba_runtime.call(forward, *stored.numpy('ptr', 'first', 'second'), a,
-                       a, outs[0])
-    numba_runtime.call(carry, pattern.rowptr.numpy(),
-                       *stored.numpy('ptr', 'first', 'second'), grad, a,
-                       outs[1], pattern.num_chunks)
-    numba_runtime.call(weight, *stored.numpy('t_ptr', 't_closing', 't_first'),
-                       grad, a, outs[2])
+    rowptr, col, t_rowptr, t_src, t_edge = pattern.numpy(
+        'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
+    chunks = pattern.num_chunks
+    numba_runtime.call(forward, rowptr, col, stored.ptr, stored.pairs, a, a,
+                       outs[0], chunks)
+    numba_runtime.call(carry, rowptr, col, stored.ptr, stored.pairs, grad, a,
+                       outs[1], chunks)
+    numba_runtime.call(weight, rowptr, t_rowptr, t_src, t_edge,
+                       *stored.bounds(pattern), stored.pairs, grad, a,
+                       outs[2], chunks)
     return outs
 
 
 @pytest.mark.parametrize('views', [1, 3])
-def test_prefetching_path_kernels_equal_the_plain_ones(monkeypatch, views):
+def test_path_kernels_equal_the_torch_passes(views):
     from pyg_lego.nn import masked_numba
-    # Paths of more than PREFETCH_DISTANCE per edge and fewer, so that the
-    # hints run ahead within a group, across groups, and off the end.
-    monkeypatch.setattr(masked_numba, 'PREFETCH_DISTANCE', 5)
     _, data = graph(n=60, k=4)
     pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
     stored = masked_numba.StoredPaths.enumerate(pattern)
     gen = np.random.default_rng(views)
     a = gen.random((data.num_edges, views))
     grad = gen.random((data.num_edges, views))
-    build = masked_numba._path_kernels.__wrapped__  # uncached: D = 5
+    forward, carry, weight = _path_passes(
+        masked_numba._path_kernels(views), stored, pattern, a, grad)
+    # The same sums over the torch index, in the pattern's edge ids.
+    first, second, closing = pattern.edge_ids(
+        two_hop_paths(data.edge_index, data.num_nodes))
+    a_t, grad_t = torch.from_numpy(a), torch.from_numpy(grad)
+    zero = torch.zeros_like(a_t)
+    expected = (zero.index_add(0, closing, a_t[first] * a_t[second]),
+                zero.index_add(0, first, grad_t[closing] * a_t[second]),
+                zero.index_add(0, second, grad_t[closing] * a_t[first]))
+    for out, ref in zip((forward, carry, weight), expected):
+        assert torch.allclose(torch.from_numpy(out), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize('views', [1, 3])
+def test_prefetching_path_kernels_equal_the_plain_ones(monkeypatch, views):
+    from pyg_lego.nn import masked_numba
+    # More first edges ahead than some rows hold, so that the hints run
+    # ahead within a row, across rows, and off the end.
+    monkeypatch.setattr(masked_numba, 'PATH_AHEAD', 5)
+    _, data = graph(n=60, k=4)
+    pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
+    stored = masked_numba.StoredPaths.enumerate(pattern)
+    gen = np.random.default_rng(views)
+    a = gen.random((data.num_edges, views))
+    grad = gen.random((data.num_edges, views))
+    build = masked_numba._path_kernels.__wrapped__  # uncached: A = 5
     plain = _path_passes(build(views, prefetch=False), stored, pattern, a,
                          grad)
     hinted = _path_passes(build(views, prefetch=True), stored, pattern, a,

@@ -98,9 +98,10 @@ class GraphPowerConv(MessagePassing):
         kernel (str, optional): How the masked power runs on the CPU:
             :obj:`"numba"` (compiled passes of
             :mod:`pyg_lego.nn.masked_numba` over a path index where it fits
-            :obj:`memory_budget`, 16 bytes per path, and over the pattern
-            itself, storing nothing, where it does not; needs the optional
-            package numba), :obj:`"torch"` (sparse products over a stored path
+            :obj:`memory_budget`, 2 bytes per path where no node has more
+            than 256 edges (else 4 or 8), and over the pattern itself,
+            storing nothing, where it does not; needs the optional package
+            numba), :obj:`"torch"` (sparse products over a stored path
             index, or streamed chunks beyond :obj:`memory_budget`) or
             :obj:`"auto"` (numba where it is installed, for float32/float64
             CPU tensors outside :func:`torch.compile`; torch otherwise, e.g.
@@ -332,24 +333,23 @@ class GraphPowerConv(MessagePassing):
         r"""The pattern the numba passes walk, and the paths they read where
         an index is given, or is cached, or fits :obj:`memory_budget`.
 
-        Without a cache, the paths are stored only for a call that will
-        run the backward pass (its passes then outnumber the two walks that
-        store the paths; without it the walks alone are as fast), and only
-        where the candidate walks (an upper bound on the paths) fit, so that
-        a pattern too large for the budget costs no counting walk; the walks
-        without an index were 1.1 to 1.5x slower, forward and backward, in
-        the benchmark (4000 to 64,000 nodes)."""
+        Without a cache, the paths are stored only for a call that runs two
+        passes or more (a backward pass, or :math:`P \geq 3`): the two walks
+        that store them cost about one pass by walks (0.28 s against 0.27 s
+        at N = 64,000, :class:`~pyg_lego.nn.masked_numba.StoredPaths`), and
+        a pass over them a quarter of one (a one-off run). A pattern whose
+        paths exceed the budget costs the enumeration's counting walk."""
         if self.cached and self._cached_numba is not None:
             return self._cached_numba
         pattern = masked_numba.Pattern(edge_index, num_nodes)
         if path_index is not None:
             stored = masked_numba.StoredPaths.from_index(path_index, pattern)
         else:
+            per_path = masked_numba.StoredPaths.bytes_per_path(pattern)
             max_paths = None if self.memory_budget is None else \
-                self.memory_budget // masked_numba.StoredPaths.BYTES_PER_PATH
+                self.memory_budget // per_path
             stored = None
-            if self.cached or needs_grad and (
-                    max_paths is None or pattern.num_candidates <= max_paths):
+            if self.cached or needs_grad or self.P >= 3:
                 stored = masked_numba.StoredPaths.enumerate(pattern,
                                                             max_paths)
         if self.cached:

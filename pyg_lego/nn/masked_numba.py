@@ -12,13 +12,15 @@ writing to one row's edges only, so the threads never write to the same
 place.
 
 Where the paths fit the memory budget (or are given, or cached), two
-walks store them (:meth:`StoredPaths.enumerate`: a count, then a fill)
-and every pass after that reads them instead (:func:`_path_kernels`):
-two gathered rows per path, where the walk examines every candidate
-:math:`l \to j` of the row. At 64,000 nodes (30M paths) the enumeration
-plus the stored forward and backward of :class:`NumbaMaskedPower` took
-1.2 s against 1.8 s for the walks alone, and 0.5 s once the paths are
-cached.
+walks store them (:meth:`StoredPaths.enumerate`: a count, then a fill),
+2 bytes per path in rows of up to 256 edges, and every pass after that
+reads them instead (:func:`_path_kernels`): one far row per path, where
+the walk examines every candidate :math:`l \to j` of the row. At 64,000
+nodes (30M paths) the enumeration plus the stored forward and backward of
+:class:`NumbaMaskedPower` (:math:`P = 3`, relabelling included) took
+1.0 s against 1.9 s for the walks alone, and 0.4 s once the paths are
+cached (a one-off run; 1.7 s, 2.0 s and 0.4 s with the paths stored as
+edge ids by closing edge, 16 bytes per path, before).
 """
 from functools import cached_property, lru_cache
 from types import SimpleNamespace
@@ -31,7 +33,6 @@ from torch import Tensor
 from pyg_lego import numba_runtime
 from pyg_lego.data.similarity import CSRPattern, csr_rowptr, id_dtype
 from pyg_lego.nn import locality
-from pyg_lego.nn.path_index import sort_by_closing
 from pyg_lego.numba_runtime import available  # noqa: F401 (this module's API)
 
 _call = numba_runtime.call
@@ -108,18 +109,89 @@ def _kernels(prefetch: bool = True):
     count_pass = walk(count_step)
     fill_pass = walk(fill_step)
 
+    @numba.njit(parallel=True, cache=False, nogil=True)
+    def count_by_first(rowptr, col, count, num_nodes, num_chunks):
+        r"""``count[(i, l)]``: the number of paths ``i -> l -> j`` whose
+        first edge is ``(i, l)``, by the walk of :obj:`walk`."""
+        n = rowptr.size - 1
+        for c in numba.prange(num_chunks):
+            marker = np.full(num_nodes, -1, rowptr.dtype)
+            for i in range(c * n // num_chunks, (c + 1) * n // num_chunks):
+                for e in range(rowptr[i], rowptr[i + 1]):
+                    marker[col[e]] = e
+                for e1 in range(rowptr[i], rowptr[i + 1]):
+                    l = col[e1]
+                    if e1 + WALK_AHEAD < rowptr[i + 1]:
+                        hint(col, rowptr[col[e1 + WALK_AHEAD]])
+                    found = 0
+                    for e2 in range(rowptr[l], rowptr[l + 1]):
+                        if marker[col[e2]] >= 0:
+                            found += 1
+                    count[e1] = found
+                for e in range(rowptr[i], rowptr[i + 1]):
+                    marker[col[e]] = -1
+
+    @numba.njit(parallel=True, cache=False, nogil=True)
+    def fill_by_first(rowptr, col, ptr, pairs, num_nodes, num_chunks):
+        r"""The paths of :obj:`count_by_first` at :obj:`ptr`, in the order
+        of ``j``: the positions of their closing edge ``(i, j)`` in row
+        ``i`` and of their second edge ``(l, j)`` in row ``l``."""
+        n = rowptr.size - 1
+        for c in numba.prange(num_chunks):
+            marker = np.full(num_nodes, -1, rowptr.dtype)
+            for i in range(c * n // num_chunks, (c + 1) * n // num_chunks):
+                for e in range(rowptr[i], rowptr[i + 1]):
+                    marker[col[e]] = e - rowptr[i]
+                for e1 in range(rowptr[i], rowptr[i + 1]):
+                    l = col[e1]
+                    if e1 + WALK_AHEAD < rowptr[i + 1]:
+                        hint(col, rowptr[col[e1 + WALK_AHEAD]])
+                    q = ptr[e1]
+                    for e2 in range(rowptr[l], rowptr[l + 1]):
+                        at = marker[col[e2]]
+                        if at >= 0:
+                            pairs[q, 0] = at
+                            pairs[q, 1] = e2 - rowptr[l]
+                            q += 1
+                for e in range(rowptr[i], rowptr[i + 1]):
+                    marker[col[e]] = -1
+
+    @numba.njit(parallel=True, cache=False, nogil=True)
+    def locate_paths(paths, rank, rowptr, row, col, first, closing, second):
+        r"""Paths given as input edge ids (columns of :obj:`paths`: first,
+        second, closing) -> the first edge's id in the pattern and the
+        positions of the closing and second edges in their rows; returns
+        the number of columns that are no path ``i -> l -> j`` of the
+        pattern (their outputs are left unset)."""
+        num_edges = col.size
+        bad = 0
+        for q in numba.prange(paths.shape[1]):
+            f, s, e = paths[0, q], paths[1, q], paths[2, q]
+            if min(f, s, e) < 0 or max(f, s, e) >= num_edges:
+                bad += 1
+                continue
+            if rank.size > 0:
+                f, s, e = rank[f], rank[s], rank[e]
+            i, l = row[f], col[f]
+            if row[e] != i or row[s] != l or col[s] != col[e]:
+                bad += 1
+                continue
+            first[q] = f
+            closing[q] = e - rowptr[i]
+            second[q] = s - rowptr[l]
+        return bad
+
     @numba.njit(cache=False, nogil=True)
-    def transpose_paths(ptr, first, second, t_ptr, t_closing, t_first):
-        r"""The paths regrouped by second edge (a counting sort, stable:
-        closing-edge order within a group); :obj:`t_ptr` is given."""
-        cursor = t_ptr[:-1].copy()
-        for e in range(ptr.size - 1):
-            for q in range(ptr[e], ptr[e + 1]):
-                s = second[q]
-                r = cursor[s]
-                t_closing[r] = e
-                t_first[r] = first[q]
-                cursor[s] = r + 1
+    def group_by_first(first, closing, second, ptr, pairs):
+        r"""Paths given by their first edge and the positions of their
+        closing and second edges, regrouped by first edge into
+        :obj:`pairs` (a counting sort, stable; :obj:`ptr` is given)."""
+        cursor = ptr[:-1].copy()
+        for q in range(first.size):
+            r = cursor[first[q]]
+            pairs[r, 0] = closing[q]
+            pairs[r, 1] = second[q]
+            cursor[first[q]] = r + 1
 
     @numba.njit(parallel=True, cache=False, nogil=True)
     def weight_pass(rowptr, col, t_rowptr, t_src, t_edge, grad, prev, out,
@@ -162,7 +234,10 @@ def _kernels(prefetch: bool = True):
 
     return SimpleNamespace(row=row_pass, carry=carry_pass, weight=weight_pass,
                            gather=gather_edges, count=count_pass,
-                           fill=fill_pass, transpose=transpose_paths)
+                           fill=fill_pass, count_by_first=count_by_first,
+                           fill_by_first=fill_by_first,
+                           locate=locate_paths,
+                           group_by_first=group_by_first)
 
 
 #: Neighbours ahead of the one being walked whose rows the walks prefetch
@@ -171,35 +246,41 @@ def _kernels(prefetch: bool = True):
 #: hint, and the gather between edge orders (:obj:`PREFETCH_DISTANCE` rows
 #: ahead) 0.56x.
 WALK_AHEAD = 2
-#: Paths ahead of the one being summed whose gathered rows the stored-path
-#: kernels prefetch (:func:`_path_kernels`). ``benchmarks/prefetch.py`` at
-#: N = 64,000 (30M paths): the forward, carry and weight passes took 0.54,
-#: 0.55 and 0.64x their time without the hint, 0.70 to 0.83x at 16,000. A
-#: one-off sweep before that script (same kernels and graph) gave 0.63 to
-#: 0.73x at 16 paths ahead and 0.51 to 0.58x at 128; rerun it with
-#: ``--distance``.
+#: Edges ahead of the one being read whose rows the gather between edge
+#: orders prefetches (:func:`_kernels`): 0.56x its time without the hint at
+#: N = 64,000 (``benchmarks/prefetch.py``).
 PREFETCH_DISTANCE = 64
+#: First edges ahead of the one whose paths are summed whose far rows the
+#: stored-path passes prefetch (:func:`_path_kernels`); rerun
+#: ``benchmarks/prefetch.py`` with ``--path-ahead`` to tune it.
+PATH_AHEAD = 2
 
 
 @lru_cache(maxsize=None)
 def _path_kernels(views: int, prefetch: bool = True):
-    r"""The passes over a stored path index, for :obj:`views` columns: each
-    sums into registers per written edge, so each loops over a grouping of
-    the paths by the edge it writes. The source is generated per width
-    because numba cannot unroll a loop of run-time length, and per-view
-    accumulators held in registers make the passes ~1.3x faster.
+    r"""The passes over a :class:`StoredPaths` index, for :obj:`views`
+    columns. Each loops over rows ``i`` and their edges ``(i, l)``, and
+    reads the paths ``i -> l -> j`` that start with ``(i, l)`` as the
+    positions of ``j`` in rows ``i`` and ``l``: one row pointer read per
+    first edge instead of two edge ids per path, and the rows a path
+    touches are one row of its own and one far row. The source is
+    generated per width because numba cannot unroll a loop of run-time
+    length (per-view values in registers).
 
-    * ``forward``: ``out[e] += sum src[first] * weight[second]`` over the
-      paths closed by ``e`` (one order);
-    * ``carry``: ``out[first] += grad[e] * weight[second]``, by closing
-      edge as well: a path's first edge ``(i, l)`` lies in the row of its
-      closing edge ``(i, j)``, so chunks of whole rows write apart;
-    * ``weight``: ``out[second] += sum grad[closing] * prev[first]`` over
-      the paths grouped by second edge (:attr:`StoredPaths.t_ptr`).
+    * ``forward``: ``out[(i, j)] += src[(i, l)] * weight[(l, j)]``, rows
+      ``i`` (one order);
+    * ``carry``: ``out[(i, l)] += grad[(i, j)] * weight[(l, j)]``, rows
+      ``i`` (the gradient that an order passes to the one before), summed
+      in registers per first edge;
+    * ``weight``: ``out[(l, j)] += grad[(i, j)] * prev[(i, l)]``, rows
+      ``l`` (the gradient of the weights), reading the first edges
+      ``(i, l)`` that end in ``l`` from the transposed pattern.
 
-    The rows each pass gathers from far away (the second edges'; in
-    ``weight`` both) are prefetched :obj:`PREFETCH_DISTANCE` paths ahead,
-    where :obj:`prefetch` is set and numba can compile the hint
+    Each pass writes to the edges of the rows it loops over only, so
+    chunks of rows write apart. The far rows (``l``'s in ``forward`` and
+    ``carry``, ``i``'s and the paths of ``(i, l)`` in ``weight``) are
+    prefetched :obj:`PATH_AHEAD` first edges ahead, where :obj:`prefetch`
+    is set and numba can compile the hint
     (:func:`pyg_lego.numba_runtime.prefetch`).
     """
     numba = numba_runtime.numba()
@@ -207,51 +288,66 @@ def _path_kernels(views: int, prefetch: bool = True):
     acc = range(views)
 
     def compile(name, lines):
-        scope = {'numba': numba, 'prefetch': hint, 'D': PREFETCH_DISTANCE}
+        scope = {'numba': numba, 'prefetch': hint, 'A': PATH_AHEAD}
         exec('\n'.join(lines), scope)
         return numba.njit(parallel=True, nogil=True)(scope[name])
 
-    def ahead(indent, *rows):
+    def ahead(indent, limit, *rows):
         if hint is None:
             return []
-        return [f'{indent}if q + D < end:',
-                *[f'{indent}    prefetch({array}, {ids}[q + D])'
-                  for array, ids in rows]]
+        return [f'{indent}if {limit}:',
+                *[f'{indent}    prefetch({array}, {at})'
+                  for array, at in rows]]
 
-    def gathered(name, group, *args, far):
-        a, b, x, y = args
-        return compile(name, [
-            f'def {name}(ptr, {a}, {b}, {x}, {y}, out):',
-            '    end = ptr[ptr.size - 1]',
-            f'    for {group} in numba.prange(ptr.size - 1):',
-            *[f'        a{m} = out[{group}, {m}]' for m in acc],
-            f'        for q in range(ptr[{group}], ptr[{group} + 1]):',
-            *ahead(' ' * 12, *far),
-            f'            u = {a}[q]',
-            f'            v = {b}[q]',
-            *[f'            a{m} += {x}[u, {m}] * {y}[v, {m}]' for m in acc],
-            *[f'        out[{group}, {m}] = a{m}' for m in acc]])
+    def by_first_edge(name, first, last):
+        # Rows i of a chunk, their first edges f = (i, l), and the paths of
+        # f: closing edge e = (i, j), second edge s = (l, j).
+        return [
+            f'def {name}(rowptr, col, ptr, pairs, x, y, out,',
+            '        num_chunks):',
+            '    n = rowptr.size - 1',
+            '    for c in numba.prange(num_chunks):',
+            '        for i in range(c * n // num_chunks,',
+            '                       (c + 1) * n // num_chunks):',
+            '            near = rowptr[i]',
+            '            for f in range(rowptr[i], rowptr[i + 1]):',
+            *ahead(' ' * 16, 'f + A < col.size',
+                   ('y', 'rowptr[col[f + A]]')),
+            '                far = rowptr[col[f]]',
+            *first,
+            '                for q in range(ptr[f], ptr[f + 1]):',
+            '                    e = near + pairs[q, 0]',
+            '                    s = far + pairs[q, 1]',
+            *last]
 
-    forward = gathered('forward', 'e', 'first', 'second', 'src', 'weight',
-                       far=[('weight', 'second')])
-    weight = gathered('weight', 'e2', 't_closing', 't_first', 'grad',
-                      'prev', far=[('grad', 't_closing'),
-                                   ('prev', 't_first')])
-    carry = compile('carry', [
-        'def carry(rowptr, ptr, first, second, grad, weight, out,',
-        '          num_chunks):',
+    forward = compile('forward', by_first_edge(
+        'forward', [f'                x{m} = x[f, {m}]' for m in acc],
+        [f'                    out[e, {m}] += x{m} * y[s, {m}]'
+         for m in acc]))
+    carry = compile('carry', by_first_edge(
+        'carry', [f'                a{m} = out[f, {m}]' for m in acc],
+        [f'                    a{m} += x[e, {m}] * y[s, {m}]' for m in acc]
+        + [f'                out[f, {m}] = a{m}' for m in acc]))
+    weight = compile('weight', [
+        'def weight(rowptr, t_rowptr, t_src, t_edge, t_start, t_stop, pairs,',
+        '           grad, prev, out, num_chunks):',
         '    n = rowptr.size - 1',
-        '    end = ptr[ptr.size - 1]',
         '    for c in numba.prange(num_chunks):',
-        '        start = rowptr[c * n // num_chunks]',
-        '        stop = rowptr[(c + 1) * n // num_chunks]',
-        '        for e in range(start, stop):',
-        *[f'            g{m} = grad[e, {m}]' for m in acc],
-        '            for q in range(ptr[e], ptr[e + 1]):',
-        *ahead(' ' * 16, ('weight', 'second')),
-        '                f = first[q]',
-        '                s = second[q]',
-        *[f'                out[f, {m}] += g{m} * weight[s, {m}]'
+        '        for l in range(c * n // num_chunks,',
+        '                       (c + 1) * n // num_chunks):',
+        '            near = rowptr[l]',
+        '            end = t_rowptr[l + 1]',
+        '            for t in range(t_rowptr[l], end):',
+        *ahead(' ' * 16, 't + A < end',
+               ('grad', 'rowptr[t_src[t + A]]'),
+               ('pairs', 't_start[t + A]'), ('prev', 't_edge[t + A]')),
+        '                f = t_edge[t]',
+        '                far = rowptr[t_src[t]]',
+        *[f'                p{m} = prev[f, {m}]' for m in acc],
+        '                for q in range(t_start[t], t_stop[t]):',
+        '                    e = far + pairs[q, 0]',
+        '                    s = near + pairs[q, 1]',
+        *[f'                    out[s, {m}] += grad[e, {m}] * p{m}'
           for m in acc]])
     return forward, carry, weight
 
@@ -292,15 +388,13 @@ class Pattern:
             self._perm = self.edge_perm.to(self.col.dtype).numpy()
             self._rank = self.edge_rank.to(self.col.dtype).numpy()
         deg = self.rowptr[1:] - self.rowptr[:-1]
-        #: The walks ``i -> l -> j`` of a pass, closed or not: an upper
-        #: bound on the number of paths.
-        self.num_candidates = int(deg[self.col.long()].sum())
+        self.max_degree = int(deg.max()) if num_nodes > 0 else 0
         # Several chunks per thread even out rows of unequal work.
         self.num_chunks = max(1, min(num_nodes,
                                      16 * torch.get_num_threads()))
 
     # The transposed pattern (a sort of the edges) only for the passes that
-    # read it, the walks' weight gradient: stored paths never do.
+    # read it, the weight gradients.
     @property
     def t_rowptr(self) -> Tensor:
         return self._csr.transpose()[1]
@@ -312,6 +406,11 @@ class Pattern:
     @cached_property
     def t_edge(self) -> Tensor:
         return self._csr.transpose()[0].to(self.col.dtype)
+
+    @property
+    def row(self) -> Tensor:
+        r"""The row of each edge (64-bit)."""
+        return self._csr.row
 
     def numpy(self, *names):
         return tuple(getattr(self, n).numpy() for n in names)
@@ -350,46 +449,102 @@ def _zeros(like: Tensor) -> Tensor:
 
 
 class StoredPaths:
-    r"""Two-step paths in the form the path kernels read, in the edge ids
-    of a :class:`Pattern` and ids of 32 bits where they fit: sorted by
-    closing edge, the CSR row pointer over closing edges (:attr:`ptr`)
-    and the ids of the two path edges (:attr:`first`, :attr:`second`);
-    and sorted by second edge, for the gradient of the weights, the row
-    pointer over second edges (:attr:`t_ptr`) and the ids of the closing
-    and first edges (:attr:`t_closing`, :attr:`t_first`). 16 bytes per
-    path. Made by :meth:`from_index` or :meth:`enumerate`."""
+    r"""The two-step paths ``i -> l -> j`` of a :class:`Pattern` in the form
+    the path kernels read (:func:`_path_kernels`), grouped by first edge
+    ``(i, l)`` in the pattern's edge order: the CSR row pointer over first
+    edges (:attr:`ptr`), and per path (:attr:`pairs`, :math:`(|\mathcal{P}|,
+    2)`) the position of its closing edge ``(i, j)`` among the edges of row
+    ``i`` and that of its second edge ``(l, j)`` among the edges of row
+    ``l``, in the order of ``j``. The positions take 8 bits where no row has
+    more than 256 edges, else 16 or 32 (:meth:`bytes_per_path`: 2 to 8
+    bytes, where edge ids took 16). NumPy arrays. Made by
+    :meth:`from_index` or :meth:`enumerate`."""
 
-    BYTES_PER_PATH = 16
+    def __init__(self, ptr: np.ndarray, pairs: np.ndarray):
+        self.ptr, self.pairs = ptr, pairs
+        self._bounds = None
 
-    def __init__(self, ptr: Tensor, first: Tensor, second: Tensor):
-        self.ptr, self.first, self.second = ptr, first, second
-        # csr_rowptr counts ids; they need not be sorted.
-        self.t_ptr = csr_rowptr(second, ptr.numel() - 1, ptr.dtype)
-        self.t_closing = torch.empty_like(first)
-        self.t_first = torch.empty_like(first)
-        _call(_kernels().transpose, *self.numpy(
-            'ptr', 'first', 'second', 't_ptr', 't_closing', 't_first'))
+    @property
+    def num_paths(self) -> int:
+        return int(self.ptr[-1])
+
+    @staticmethod
+    def position_dtype(pattern: Pattern) -> np.dtype:
+        r"""The narrowest type of the positions in :obj:`pattern`'s rows."""
+        for dtype in (np.uint8, np.uint16):
+            if pattern.max_degree <= np.iinfo(dtype).max + 1:
+                return np.dtype(dtype)
+        return np.dtype(np.int32)
+
+    @classmethod
+    def bytes_per_path(cls, pattern: Pattern) -> int:
+        return 2 * cls.position_dtype(pattern).itemsize
+
+    def bounds(self, pattern: Pattern) -> Tuple[np.ndarray, np.ndarray]:
+        r"""Where the paths of each first edge start and stop, in the
+        transposed pattern's order (computed once): the weight gradient
+        reads them there, and reading them through the edge ids made it
+        1.2x slower at N = 64,000 (a one-off run)."""
+        if self._bounds is None:
+            t_edge = pattern.t_edge.numpy()
+            self._bounds = (self.ptr[t_edge], self.ptr[t_edge + 1])
+        return self._bounds
 
     @classmethod
     def from_index(cls, paths: Tensor, pattern: Pattern) -> 'StoredPaths':
         r"""From a path index :math:`(3, |\mathcal{P}|)` in input edge ids,
-        as :func:`~pyg_lego.nn.two_hop_paths` returns it."""
+        as :func:`~pyg_lego.nn.two_hop_paths` returns it.
+
+        Raises:
+            ValueError: If a column is not a path of :obj:`pattern`.
+        """
         num_edges = pattern.col.numel()
-        ids = id_dtype(num_edges, paths.size(1))
-        paths = sort_by_closing(pattern.edge_ids(paths))
-        return cls(csr_rowptr(paths[2], num_edges, ids), paths[0].to(ids),
-                   paths[1].to(ids))
+        if paths.dim() != 2 or paths.size(0) != 3:
+            raise ValueError(f"path_index must have shape (3, num_paths), "
+                             f"got {tuple(paths.shape)}")
+        num_paths = paths.size(1)
+        first = np.empty(num_paths, np.int64)
+        closing, second = np.empty((2, num_paths), np.int64)
+        rank = pattern.edge_rank
+        rank = np.empty(0, np.int64) if rank is None else rank.numpy()
+        bad = _call(_kernels().locate, paths.long().contiguous().numpy(),
+                    rank, *pattern.numpy('rowptr', 'row', 'col'), first,
+                    closing, second)
+        if bad:
+            raise ValueError(
+                f"path_index is not a two-step path index of this pattern: "
+                f"{bad} of its {num_paths} columns (first, second, closing) "
+                f"are no path i -> l -> j of the {num_edges} edges (pass "
+                f"the two_hop_paths of the coalesced edge_index)")
+        ptr = csr_rowptr(torch.from_numpy(first), num_edges,
+                         id_dtype(num_edges, num_paths)).numpy()
+        pairs = np.empty((num_paths, 2), cls.position_dtype(pattern))
+        _call(_kernels().group_by_first, first, closing, second, ptr, pairs)
+        return cls(ptr, pairs)
 
     @classmethod
     def enumerate(cls, pattern: Pattern, max_paths: Optional[int] = None
                   ) -> Optional['StoredPaths']:
-        r"""All paths of :obj:`pattern` (:func:`enumerate_paths`), or
-        :obj:`None` if there are more than :obj:`max_paths`."""
-        found = enumerate_paths(pattern, max_paths)
-        return None if found is None else cls(*found)
-
-    def numpy(self, *names):
-        return tuple(getattr(self, n).numpy() for n in names)
+        r"""All paths of :obj:`pattern` by two walks (a count, then a fill),
+        or :obj:`None` if there are more than :obj:`max_paths`; the work
+        space is the result's. 0.35 s at N = 64,000 (30M paths), where
+        storing them as edge ids by closing edge and again by second edge
+        took 1.7 s (a one-off run)."""
+        kernels = _kernels()
+        rowptr, col = pattern.numpy('rowptr', 'col')
+        num_edges = col.size
+        count = np.zeros(num_edges, np.int64)
+        _run(kernels.count_by_first, pattern, rowptr, col, count)
+        total = int(count.sum())
+        if max_paths is not None and total > max_paths:
+            return None
+        ids = np.int32 if id_dtype(num_edges, total) == torch.int32 \
+            else np.int64
+        ptr = np.zeros(num_edges + 1, ids)
+        np.cumsum(count, out=ptr[1:])
+        pairs = np.empty((total, 2), cls.position_dtype(pattern))
+        _run(kernels.fill_by_first, pattern, rowptr, col, ptr, pairs)
+        return cls(ptr, pairs)
 
 
 def enumerate_paths(pattern: Pattern, max_paths: Optional[int] = None
@@ -444,9 +599,9 @@ class NumbaMaskedPower(torch.autograd.Function):
                 _run(_kernels().row, pattern, rowptr, col, orders[-1].numpy(),
                      a.numpy(), out.numpy())
             else:
-                _call(_path_kernels(a.size(1))[0],
-                      *paths.numpy('ptr', 'first', 'second'),
-                      orders[-1].numpy(), a.numpy(), out.numpy())
+                _call(_path_kernels(a.size(1))[0], rowptr, col, paths.ptr,
+                      paths.pairs, orders[-1].numpy(), a.numpy(),
+                      out.numpy(), pattern.num_chunks)
             orders.append(out)
         ctx.pattern, ctx.paths = pattern, paths
         ctx.save_for_backward(*orders[:-1])
@@ -465,21 +620,20 @@ class NumbaMaskedPower(torch.autograd.Function):
             # NumPy adds (one thread) keep torch's pool idle, see _zeros.
             g = g if carry is None else np.add(g, carry)
             carry = _zeros(a).numpy()
+            rowptr, col, t_rowptr, t_src, t_edge = pattern.numpy(
+                'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
             if paths is None:
                 kernels = _kernels()
-                rowptr, col, t_rowptr, t_src, t_edge = pattern.numpy(
-                    'rowptr', 'col', 't_rowptr', 't_src', 't_edge')
                 _run(kernels.carry, pattern, rowptr, col, g, a.numpy(),
                      carry)
                 _run(kernels.weight, pattern, rowptr, col, t_rowptr, t_src,
                      t_edge, g, orders[p - 2].numpy(), grad_a)
             else:
                 _, carry_pass, weight_pass = _path_kernels(a.size(1))
-                _call(carry_pass, pattern.rowptr.numpy(),
-                      *paths.numpy('ptr', 'first', 'second'), g, a.numpy(),
-                      carry, pattern.num_chunks)
-                _call(weight_pass, *paths.numpy('t_ptr', 't_closing',
-                                                't_first'),
-                      g, orders[p - 2].numpy(), grad_a)
+                _call(carry_pass, rowptr, col, paths.ptr, paths.pairs, g,
+                      a.numpy(), carry, pattern.num_chunks)
+                _call(weight_pass, rowptr, t_rowptr, t_src, t_edge,
+                      *paths.bounds(pattern), paths.pairs, g,
+                      orders[p - 2].numpy(), grad_a, pattern.num_chunks)
         grad_a += carry
         return pattern.to_input(torch.from_numpy(grad_a)), None, None, None
