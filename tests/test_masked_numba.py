@@ -138,24 +138,23 @@ def test_enumerated_paths_equal_the_torch_index():
     assert masked_numba.StoredPaths.enumerate(empty).num_paths == 0
 
 
-def test_positions_widen_for_rows_of_more_than_256_edges():
+@pytest.mark.parametrize('n,dtype,narrower', [(300, np.uint16, np.uint8),
+                                              (66_000, np.uint32, np.uint16)])
+def test_positions_widen_for_long_rows(n, dtype, narrower):
     from pyg_lego.nn import masked_numba
-    # A hub joined to 299 nodes on a ring: its row holds 300 edges, so
-    # the positions in it need 16 bits.
-    n = 300
+    # A hub joined to every node of a ring: its row holds n edges, more
+    # than 8 (or 16) bits can place.
     ring = torch.arange(1, n)
     hub = torch.zeros_like(ring)
+    nxt = ring % (n - 1) + 1
     edge_index = torch.cat([torch.stack([hub, ring]), torch.stack([ring, hub]),
-                            torch.stack([ring, ring % (n - 1) + 1]),
-                            torch.stack([ring % (n - 1) + 1, ring]),
+                            torch.stack([ring, nxt]), torch.stack([nxt, ring]),
                             torch.arange(n).repeat(2, 1)], 1)
-    edge_index = torch.unique(edge_index, dim=1)
-    edge_index = edge_index[:, torch.argsort(edge_index[0] * n +
-                                             edge_index[1])]
+    edge_index = torch.unique(edge_index, dim=1)  # sorted by row, then col
     pattern = masked_numba.Pattern(edge_index, n, reorder=False)
     stored = masked_numba.StoredPaths.enumerate(pattern)
-    assert stored.pairs.dtype == np.uint16
-    assert int(stored.pairs.max()) >= 256
+    assert stored.pairs.dtype == dtype
+    assert int(stored.pairs.max()) > np.iinfo(narrower).max
     attr = torch.rand(edge_index.size(1), 2, dtype=torch.float64)
     weight = torch.randn(edge_index.size(1), 2, 4, dtype=torch.float64)
     results = []

@@ -265,7 +265,9 @@ def _path_kernels(views: int, prefetch: bool = True):
     first edge instead of two edge ids per path, and the rows a path
     touches are one row of its own and one far row. The source is
     generated per width because numba cannot unroll a loop of run-time
-    length (per-view values in registers).
+    length (per-view values in registers). The row offsets are unsigned,
+    so that numba indexes without its check for negative indices: the
+    passes ran 1.3x faster at N = 64,000 (a one-off run).
 
     * ``forward``: ``out[(i, j)] += src[(i, l)] * weight[(l, j)]``, rows
       ``i`` (one order);
@@ -288,7 +290,8 @@ def _path_kernels(views: int, prefetch: bool = True):
     acc = range(views)
 
     def compile(name, lines):
-        scope = {'numba': numba, 'prefetch': hint, 'A': PATH_AHEAD}
+        scope = {'numba': numba, 'prefetch': hint, 'A': PATH_AHEAD,
+                 'U': np.uint64}
         exec('\n'.join(lines), scope)
         return numba.njit(parallel=True, nogil=True)(scope[name])
 
@@ -309,13 +312,13 @@ def _path_kernels(views: int, prefetch: bool = True):
             '    for c in numba.prange(num_chunks):',
             '        for i in range(c * n // num_chunks,',
             '                       (c + 1) * n // num_chunks):',
-            '            near = rowptr[i]',
+            '            near = U(rowptr[i])',
             '            for f in range(rowptr[i], rowptr[i + 1]):',
             *ahead(' ' * 16, 'f + A < col.size',
                    ('y', 'rowptr[col[f + A]]')),
-            '                far = rowptr[col[f]]',
+            '                far = U(rowptr[col[f]])',
             *first,
-            '                for q in range(ptr[f], ptr[f + 1]):',
+            '                for q in range(U(ptr[f]), U(ptr[f + 1])):',
             '                    e = near + pairs[q, 0]',
             '                    s = far + pairs[q, 1]',
             *last]
@@ -335,16 +338,16 @@ def _path_kernels(views: int, prefetch: bool = True):
         '    for c in numba.prange(num_chunks):',
         '        for l in range(c * n // num_chunks,',
         '                       (c + 1) * n // num_chunks):',
-        '            near = rowptr[l]',
+        '            near = U(rowptr[l])',
         '            end = t_rowptr[l + 1]',
         '            for t in range(t_rowptr[l], end):',
         *ahead(' ' * 16, 't + A < end',
                ('grad', 'rowptr[t_src[t + A]]'),
                ('pairs', 't_start[t + A]'), ('prev', 't_edge[t + A]')),
         '                f = t_edge[t]',
-        '                far = rowptr[t_src[t]]',
+        '                far = U(rowptr[t_src[t]])',
         *[f'                p{m} = prev[f, {m}]' for m in acc],
-        '                for q in range(t_start[t], t_stop[t]):',
+        '                for q in range(U(t_start[t]), U(t_stop[t])):',
         '                    e = far + pairs[q, 0]',
         '                    s = near + pairs[q, 1]',
         *[f'                    out[s, {m}] += grad[e, {m}] * p{m}'
@@ -382,11 +385,15 @@ class Pattern:
         self.num_nodes = num_nodes
         self._csr = CSRPattern(row, col, num_nodes, num_nodes)
         self.rowptr, self.col = self._csr.crow, self._csr.col_ids
-        # The same maps in the kernels' id width, for the gathers.
+        # The same maps in the kernels' id width, for the gathers, unsigned:
+        # numba then indexes without its check for negative indices (2x
+        # faster gathers at N = 64,000, a one-off run).
         self._perm = self._rank = None
         if self.edge_perm is not None:
-            self._perm = self.edge_perm.to(self.col.dtype).numpy()
-            self._rank = self.edge_rank.to(self.col.dtype).numpy()
+            unsigned = f'u{self.col.element_size()}'
+            self._perm, self._rank = (
+                ids.to(self.col.dtype).numpy().view(unsigned)
+                for ids in (self.edge_perm, self.edge_rank))
         deg = self.rowptr[1:] - self.rowptr[:-1]
         self.max_degree = int(deg.max()) if num_nodes > 0 else 0
         # Several chunks per thread even out rows of unequal work.
@@ -474,7 +481,7 @@ class StoredPaths:
         for dtype in (np.uint8, np.uint16):
             if pattern.max_degree <= np.iinfo(dtype).max + 1:
                 return np.dtype(dtype)
-        return np.dtype(np.int32)
+        return np.dtype(np.uint32)
 
     @classmethod
     def bytes_per_path(cls, pattern: Pattern) -> int:
