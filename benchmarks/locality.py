@@ -14,8 +14,8 @@ width 128, exact kNN). Per order: the time to compute it, the median span
 ``|i - j|`` of an edge and the share of edges that span more than 2048
 labels, and the median over rounds of the time of a CSR product with 128
 columns (the propagated mode's product), and, with numba, of one order of
-the masked power by the walks and (not with ``--graph``: at N = 1M the
-paths take tens of GB) from a stored path index. Results go to
+the masked power by the walks and from a stored path index (0.9 GB at
+N = 1M, 2 bytes per path). Results go to
 ``<out>/locality.json`` and ``<out>/locality.md`` (``locality_large.*``
 with ``--graph``).
 """
@@ -44,8 +44,7 @@ def rcm_order(edge_index, num_nodes: int):
         adj, symmetric_mode=False).astype(np.int64))
 
 
-def runs(edge_index, num_nodes: int, weight, x, masked_numba,
-         paths: bool = True):
+def runs(edge_index, num_nodes: int, weight, x, masked_numba):
     r"""The timed passes over one numbering, as zero-argument calls that
     return their output (rows in this numbering)."""
     import numpy as np
@@ -65,17 +64,16 @@ def runs(edge_index, num_nodes: int, weight, x, masked_numba,
                                pattern.num_chunks)
             return power
         out['masked_walk'] = masked_walk
-        if paths:
-            stored = masked_numba.StoredPaths.enumerate(pattern)
-            forward = masked_numba._path_kernels(a.shape[1])[0]
+        stored = masked_numba.StoredPaths.enumerate(pattern)
+        forward = masked_numba._path_kernels(a.shape[1])[0]
 
-            def masked_paths():
-                power = np.zeros_like(a)
-                masked_numba._call(forward, rowptr, col, stored.ptr,
-                                   stored.pairs, a, a, power,
-                                   pattern.num_chunks)
-                return power
-            out['masked_paths'] = masked_paths
+        def masked_paths():
+            power = np.zeros_like(a)
+            masked_numba._call(forward, rowptr, col, stored.ptr,
+                               stored.pairs, a, a, power,
+                               pattern.num_chunks)
+            return power
+        out['masked_paths'] = masked_paths
     return out
 
 
@@ -120,7 +118,7 @@ def measure(n: int, rounds: int, graph: Optional[str] = None) -> dict:
         # an edge its weights.
         edge_perm = relabel.edge_perm.long()
         calls[name] = runs(pattern, n, a[edge_perm].contiguous(), x[order],
-                           masked_numba, paths=graph is None)
+                           masked_numba)
         inputs[name] = {'node': order.numpy(), 'edge': edge_perm.numpy()}
     passes = list(calls['input'])
     # Compiles, touches memory first, and checks that each numbering gives

@@ -39,9 +39,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: numba is installed); ``paths_torch``: the same by torch candidate chunks
 #: (what CUDA runs);
 #: ``masked``: the default kernel (numba: enumerates the paths, then reads
-#: them, where they fit the default budget, as they do up to 64,000 nodes);
+#: them, where they fit the default budget, as they do up to N = 1M);
 #: ``masked_walk``: numba walking the pattern, no index (budget 0: what
-#: larger graphs get);
+#: graphs whose paths exceed the budget get);
 #: ``masked_cached``: numba reading a path index cached by an earlier call;
 #: ``masked_torch``: torch sparse products over a given path index;
 #: ``masked_streamed``: torch, streamed (memory budget 0).

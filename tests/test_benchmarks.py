@@ -140,6 +140,6 @@ def test_locality_benchmark_on_a_saved_graph(tmp_path):
     assert result['meta']['graph'] == str(saved)
     (row,) = result['results']
     assert row['N'] == 500 and row['E'] == data.num_edges
-    # No stored paths on a saved graph (at N = 1M they take tens of GB).
-    assert set(row['time_s']['locality']) == {'spmm', 'masked_walk'}
+    assert set(row['time_s']['locality']) == {'spmm', 'masked_walk',
+                                              'masked_paths'}
     assert '| 500 | rcm |' in (tmp_path / 'locality_large.md').read_text()

@@ -18,9 +18,9 @@ reads them instead (:func:`_path_kernels`): one far row per path, where
 the walk examines every candidate :math:`l \to j` of the row. At 64,000
 nodes (30M paths) the enumeration plus the stored forward and backward of
 :class:`NumbaMaskedPower` (:math:`P = 3`, relabelling included) took
-1.0 s against 1.9 s for the walks alone, and 0.4 s once the paths are
-cached (a one-off run; 1.7 s, 2.0 s and 0.4 s with the paths stored as
-edge ids by closing edge, 16 bytes per path, before).
+0.94 s against 1.88 s for the walks alone, and 0.36 s once the paths are
+cached; with the paths stored as edge ids grouped by closing edge, 16
+bytes per path, 1.64 s and 0.41 s (one process, a one-off run).
 """
 from functools import cached_property, lru_cache
 from types import SimpleNamespace
@@ -242,17 +242,19 @@ def _kernels(prefetch: bool = True):
 
 #: Neighbours ahead of the one being walked whose rows the walks prefetch
 #: (:func:`_kernels`). ``benchmarks/prefetch.py`` at N = 64,000: the forward,
-#: carry and weight walks took 0.92, 0.95 and 0.94x their time without the
-#: hint, and the gather between edge orders (:obj:`PREFETCH_DISTANCE` rows
-#: ahead) 0.56x.
+#: carry and weight walks took 0.98, 0.98 and 1.02x their time without the
+#: hint (0.92 to 0.95x in the run before).
 WALK_AHEAD = 2
 #: Edges ahead of the one being read whose rows the gather between edge
-#: orders prefetches (:func:`_kernels`): 0.56x its time without the hint at
-#: N = 64,000 (``benchmarks/prefetch.py``).
+#: orders prefetches (:func:`_kernels`): 0.90x its time without the hint at
+#: N = 64,000 with unsigned maps (0.56x with signed ones, the run before).
 PREFETCH_DISTANCE = 64
 #: First edges ahead of the one whose paths are summed whose far rows the
-#: stored-path passes prefetch (:func:`_path_kernels`); rerun
-#: ``benchmarks/prefetch.py`` with ``--path-ahead`` to tune it.
+#: stored-path passes prefetch (:func:`_path_kernels`).
+#: ``benchmarks/prefetch.py``: the weight gradient took 0.75x its time
+#: without the hint at N = 64,000 (0.87x at 16,000); the forward and carry
+#: passes 0.91 to 1.06x. One-off runs at 64,000 found 1 to 8 ahead alike;
+#: rerun the benchmark with ``--path-ahead`` to tune it.
 PATH_AHEAD = 2
 
 
@@ -416,7 +418,7 @@ class Pattern:
 
     @property
     def row(self) -> Tensor:
-        r"""The row of each edge (64-bit)."""
+        r"""The row of each edge."""
         return self._csr.row
 
     def numpy(self, *names):
