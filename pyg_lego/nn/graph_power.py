@@ -417,8 +417,9 @@ class GraphPowerConv(MessagePassing):
     def _relabel(self, edge_index: Tensor, num_nodes: int,
                  xs: List[Tensor]) -> Optional[Relabel]:
         r"""The locality relabelling the propagated mode runs on (CPU): its
-        products and scores gather feature rows at random, 2.45x slower
-        unrelabelled at 64,000 nodes (forward, scale benchmark). Cached
+        products and scores gather feature rows at random, 1.5x to 2.5x
+        slower unrelabelled at 64,000 nodes (forward, the last two scale
+        benchmark runs). Cached
         with :obj:`cached`, where it pays from :obj:`RELABEL_MIN_EDGES`
         edges on; for one call, where a view's features outgrow
         :obj:`RELABEL_MIN_FEATURE_BYTES` (see
