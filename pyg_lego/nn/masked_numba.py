@@ -261,15 +261,15 @@ PATH_AHEAD = 2
 @lru_cache(maxsize=None)
 def _path_kernels(views: int, prefetch: bool = True):
     r"""The passes over a :class:`StoredPaths` index, for :obj:`views`
-    columns. Each loops over rows ``i`` and their edges ``(i, l)``, and
-    reads the paths ``i -> l -> j`` that start with ``(i, l)`` as the
-    positions of ``j`` in rows ``i`` and ``l``: one row pointer read per
-    first edge instead of two edge ids per path, and the rows a path
-    touches are one row of its own and one far row. The source is
-    generated per width because numba cannot unroll a loop of run-time
-    length (per-view values in registers). The row offsets are unsigned,
-    so that numba indexes without its check for negative indices: the
-    passes ran 1.3x faster at N = 64,000 (a one-off run).
+    columns. Each reads the paths ``i -> l -> j`` first edge ``(i, l)`` by
+    first edge, as the positions of ``j`` in rows ``i`` and ``l``: one row
+    pointer read per first edge instead of two edge ids per path, and the
+    rows a path touches are one row of the pass's own and one far row.
+    The source is generated per width because numba cannot unroll a loop
+    of run-time length (per-view values in registers). The row offsets
+    are unsigned, so that numba indexes without its check for negative
+    indices: the passes ran 1.2 to 1.3x faster at N = 64,000 (a one-off
+    run).
 
     * ``forward``: ``out[(i, j)] += src[(i, l)] * weight[(l, j)]``, rows
       ``i`` (one order);
