@@ -366,15 +366,22 @@ def _path_passes(kernels, stored, pattern, a, grad):
     return outs
 
 
-@pytest.mark.parametrize('views', [1, 3])
-def test_path_kernels_equal_the_torch_passes(views):
+def _path_inputs(views):
+    r"""A small graph, its pattern and stored paths, and random scores and
+    gradients of :obj:`views` columns."""
     from pyg_lego.nn import masked_numba
     _, data = graph(n=60, k=4)
     pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
     stored = masked_numba.StoredPaths.enumerate(pattern)
     gen = np.random.default_rng(views)
-    a = gen.random((data.num_edges, views))
-    grad = gen.random((data.num_edges, views))
+    a, grad = gen.random((2, data.num_edges, views))
+    return data, pattern, stored, a, grad
+
+
+@pytest.mark.parametrize('views', [1, 3])
+def test_path_kernels_equal_the_torch_passes(views):
+    from pyg_lego.nn import masked_numba
+    data, pattern, stored, a, grad = _path_inputs(views)
     forward, carry, weight = _path_passes(
         masked_numba._path_kernels(views), stored, pattern, a, grad)
     # The same sums over the torch index, in the pattern's edge ids.
@@ -395,12 +402,7 @@ def test_prefetching_path_kernels_equal_the_plain_ones(monkeypatch, views):
     # More first edges ahead than some rows hold, so that the hints run
     # ahead within a row, across rows, and off the end.
     monkeypatch.setattr(masked_numba, 'PATH_AHEAD', 5)
-    _, data = graph(n=60, k=4)
-    pattern = masked_numba.Pattern(data.edge_index, data.num_nodes)
-    stored = masked_numba.StoredPaths.enumerate(pattern)
-    gen = np.random.default_rng(views)
-    a = gen.random((data.num_edges, views))
-    grad = gen.random((data.num_edges, views))
+    _, pattern, stored, a, grad = _path_inputs(views)
     build = masked_numba._path_kernels.__wrapped__  # uncached: A = 5
     plain = _path_passes(build(views, prefetch=False), stored, pattern, a,
                          grad)

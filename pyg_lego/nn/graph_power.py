@@ -419,10 +419,9 @@ class GraphPowerConv(MessagePassing):
         r"""The locality relabelling the propagated mode runs on (CPU): its
         products and scores gather feature rows at random, 1.5x to 2.5x
         slower unrelabelled at 64,000 nodes (forward, the last two scale
-        benchmark runs). Cached
-        with :obj:`cached`, where it pays from :obj:`RELABEL_MIN_EDGES`
-        edges on; for one call, where a view's features outgrow
-        :obj:`RELABEL_MIN_FEATURE_BYTES` (see
+        benchmark runs). Cached with :obj:`cached`, where it pays from
+        :obj:`RELABEL_MIN_EDGES` edges on; for one call, where a view's
+        features outgrow :obj:`RELABEL_MIN_FEATURE_BYTES` (see
         :mod:`~pyg_lego.nn.locality`). Views recomputed to stay within
         :obj:`memory_budget` are relabelled too: at N = 1M, the mode's
         forward and backward took 221 s against 364 s, for a peak of
