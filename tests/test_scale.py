@@ -78,12 +78,18 @@ def test_budget_decides_between_storing_and_streaming():
 
 
 @pytest.mark.parametrize('compact', [True, False])
-def test_path_plan_chunks_cover_every_path_once(compact):
+@pytest.mark.parametrize('whole_rows', [True, False])
+def test_path_plan_chunks_cover_every_path_once(compact, whole_rows):
     _, data = graph()
     paths = two_hop_paths(data.edge_index, data.num_nodes)
     plan = PathPlan(data.edge_index, data.num_nodes, chunk_size=500,
-                    compact=compact)
+                    compact=compact, whole_rows=whole_rows)
     assert len(plan) > 1
+    row = data.edge_index[0]
+    starts = torch.tensor([start for start, *_ in plan.chunks])
+    # Whole rows: no chunk starts inside a row (without, some do).
+    inside = row[starts[1:]] == row[starts[1:] - 1]
+    assert bool(inside.any()) != whole_rows
     parts = []
     for first, second, closing, hit in plan:
         assert (hit is None) == compact
