@@ -11,12 +11,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = os.path.join(ROOT, 'benchmarks', 'scale.py')
+DEVICE = os.path.join(ROOT, 'benchmarks', 'device.py')
 
 
-def run(*args, timeout=600):
-    out = subprocess.run([sys.executable, SCALE, *args], capture_output=True,
+def run(*args, timeout=600, script=SCALE, ok=True):
+    out = subprocess.run([sys.executable, script, *args], capture_output=True,
                          text=True, timeout=timeout, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
@@ -143,3 +145,44 @@ def test_locality_benchmark_on_a_saved_graph(tmp_path):
     assert set(row['time_s']['locality']) == {'spmm', 'masked_walk',
                                               'masked_paths'}
     assert '| 500 | rcm |' in (tmp_path / 'locality_large.md').read_text()
+
+
+@pytest.mark.parametrize('device', [
+    'cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+        not __import__('torch').cuda.is_available(), reason='needs CUDA'))])
+def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
+    run('--device', device, '--sizes', '300', '600', '100000', '--views',
+        '2', '--dim', '8', '--k', '4', '--repeat', '1', '--budget-s', '1000',
+        '--out', str(tmp_path), script=DEVICE)
+    result = json.loads((tmp_path / 'device.json').read_text())
+    assert result['meta']['device'] == device
+    assert result['meta']['device_name']
+    # 100,000 nodes: 600's time x (100000 / 600)^2 is over 1000 s (and
+    # 600 is run: 300's time, which includes compiling, x 4 is not).
+    (skipped,) = result['meta']['skipped']
+    assert skipped.startswith('100000 (estimated')
+    assert [r['N'] for r in result['results']] == [300, 600]
+    for r in result['results']:
+        for stage in ('knn', 'scores', 'paths', 'elementwise', 'masked',
+                      'masked_streamed', 'propagated', 'fusion'):
+            assert r['time'][stage] > 0 and r['mem'][stage] >= 0
+        assert r['baseline']['sparse_mm'] > 0 and r['copy_GBps'] > 0
+        for mode in ('elementwise', 'masked', 'propagated'):
+            assert r['pipeline'][mode]['s'] > r['build_s'] > 0
+    rows = result['summary']['rows']
+    assert rows[0]['knn_flop_rate_vs_matmul'] > 0
+    assert rows[1]['propagated_vs_sgconv'] > 0
+    md = (tmp_path / 'device.md').read_text()
+    assert result['meta']['device_name'] in md
+    assert '| 600 |' in md and 'Fitted log-log slopes' in md
+
+
+def test_device_benchmark_refuses_cuda_without_a_gpu(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('a CUDA device is present')
+    out = run('--sizes', '300', '--out', str(tmp_path), script=DEVICE,
+              ok=False)
+    assert out.returncode != 0
+    assert 'torch sees no CUDA device' in out.stderr
+    assert not (tmp_path / 'device.json').exists()
