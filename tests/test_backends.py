@@ -37,12 +37,17 @@ def test_faiss_flat_equals_exact(similarity):
                        sorted_pairs(exact.edge_index, 300))
 
 
+def needs(backend):
+    if backend != 'torch-ivf':
+        pytest.importorskip(backend.split('-')[0])
+
+
 @pytest.mark.parametrize('backend', [
-    'faiss-hnsw', 'faiss-ivf',
+    'torch-ivf', 'faiss-hnsw', 'faiss-ivf',
     # numba compiles pynndescent on first use (about 45 s here)
     pytest.param('pynndescent', marks=pytest.mark.slow)])
 def test_approximate_backends_have_high_recall(backend):
-    pytest.importorskip(backend.split('-')[0])
+    needs(backend)
     x = clustered(2000, 16)
     res = knn_search(x, 8, backend=backend)
     assert res.backend == backend
@@ -74,9 +79,11 @@ def test_auto_choice_by_size(monkeypatch):
     assert choose_backend(10**6, 128, cpu) == 'faiss-ivf'
     monkeypatch.setattr(backends, '_has', lambda m: m == 'pynndescent')
     assert choose_backend(10**6, 128, cpu) == 'pynndescent'
-    assert choose_backend(10**6, 128, cpu, 'dot') == 'exact'
+    assert choose_backend(10**6, 128, cpu, 'dot') == 'torch-ivf'
+    # pynndescent searches on the CPU only.
+    assert choose_backend(10**8, 128, torch.device('cuda')) == 'torch-ivf'
     monkeypatch.setattr(backends, '_has', lambda m: False)
-    assert choose_backend(10**6, 128, cpu) == 'exact'
+    assert choose_backend(10**6, 128, cpu) == 'torch-ivf'
     # The threshold is the N^2 d cost: the same N is exact on a GPU.
     n = int((backends.AUTO_EXACT_CPU / 128)**0.5) + 1000
     monkeypatch.setattr(backends, '_has', lambda m: True)
@@ -84,11 +91,12 @@ def test_auto_choice_by_size(monkeypatch):
     assert choose_backend(n, 128, torch.device('cuda')) == 'exact'
 
 
-@pytest.mark.parametrize('backend,knob,start', [('faiss-ivf', 'nprobe', 1),
+@pytest.mark.parametrize('backend,knob,start', [('torch-ivf', 'nprobe', 1),
+                                                ('faiss-ivf', 'nprobe', 1),
                                                 ('faiss-hnsw', 'ef_search', 11)])
 def test_approximate_search_is_widened_to_the_target_recall(backend, knob,
                                                             start):
-    pytest.importorskip('faiss')
+    needs(backend)
     # Unclustered data in 24 dimensions: one probe (or a tiny beam) misses
     # many neighbours.
     x = torch.randn(3000, 24, generator=torch.Generator().manual_seed(0))
@@ -107,11 +115,12 @@ def test_approximate_search_is_widened_to_the_target_recall(backend, knob,
 
 
 @pytest.mark.parametrize('backend,knob,default,floor', [
+    ('torch-ivf', 'nprobe', backends.IVF_NPROBE, 1),
     ('faiss-ivf', 'nprobe', backends.IVF_NPROBE, 1),
     ('faiss-hnsw', 'ef_search', 64, 11)])
 def test_default_search_narrows_while_above_the_target(backend, knob, default,
                                                        floor):
-    pytest.importorskip('faiss')
+    needs(backend)
     x = clustered(3000, 16)  # easy: the default search finds ~all
     res = knn_search(x, 10, backend=backend)
     assert floor <= res.settings[knob] < default
@@ -131,10 +140,11 @@ def test_default_search_narrows_while_above_the_target(backend, knob, default,
     assert given.settings['tuned_recall'] >= target
 
 
-def test_ivf_tuning_stops_at_an_exhaustive_search():
-    pytest.importorskip('faiss')
+@pytest.mark.parametrize('backend', ['torch-ivf', 'faiss-ivf'])
+def test_ivf_tuning_stops_at_an_exhaustive_search(backend):
+    needs(backend)
     x = torch.randn(800, 16, generator=torch.Generator().manual_seed(1))
-    res = knn_search(x, 5, backend='faiss-ivf',
+    res = knn_search(x, 5, backend=backend,
                      options={'nlist': 8, 'nprobe': 1, 'target_recall': 1.01})
     assert res.settings['nprobe'] == 8
     assert res.settings['tuned_recall'] == pytest.approx(1.0)
@@ -432,3 +442,77 @@ def test_backends_on_cuda():
         assert flat.edge_index.is_cuda
         assert torch.equal(sorted_pairs(flat.edge_index.cpu(), 500),
                            sorted_pairs(cpu.edge_index, 500))
+
+
+@pytest.mark.parametrize('similarity', ['cosine', 'dot', 'rbf'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_torch_ivf_probing_every_list_is_the_exact_search(similarity, dtype):
+    x = clustered(400, 8).to(dtype)
+    exact = knn_search(x, 6, similarity, backend='exact')
+    full = knn_search(x, 6, similarity, backend='torch-ivf',
+                      options={'nlist': 9, 'nprobe': 9,
+                               'target_recall': None})
+    assert full.backend == 'torch-ivf'
+    assert full.settings == {'nlist': 9, 'nprobe': 9}
+    assert torch.equal(full.edge_index, exact.edge_index)
+    if similarity == 'rbf':
+        assert full.score is None
+    else:  # the similarities, as the exact search computes them
+        torch.testing.assert_close(full.score, exact.score)
+
+
+def test_torch_ivf_short_lists_give_fewer_neighbours_never_bad_ids():
+    x = clustered(300, 8)
+    res = knn_search(x, 5, backend='torch-ivf',
+                     options={'nlist': 150, 'nprobe': 1,
+                              'target_recall': None})
+    row, col = res.edge_index
+    assert bool((col >= 0).all()) and bool((row != col).all())
+    count = torch.bincount(row, minlength=300)
+    assert count.max() == 5 and count.min() < 5  # lists of about 2 nodes
+    assert bool((row[1:] >= row[:-1]).all())
+
+
+def test_torch_ivf_is_seeded():
+    x = torch.randn(600, 12, generator=torch.Generator().manual_seed(3))
+    opts = {'nlist': 20, 'nprobe': 2, 'target_recall': None}
+    a = knn_search(x, 4, backend='torch-ivf', options=opts)
+    b = knn_search(x, 4, backend='torch-ivf', options=opts)
+    c = knn_search(x, 4, backend='torch-ivf', options={**opts, 'seed': 5})
+    assert torch.equal(a.edge_index, b.edge_index)
+    assert not torch.equal(a.edge_index, c.edge_index)
+
+
+def test_torch_ivf_rejects_bad_settings():
+    from pyg_lego.data.ivf import TorchIVF
+    x = clustered(100, 4)
+    with pytest.raises(ValueError, match='nlist'):
+        knn_search(x, 3, backend='torch-ivf', options={'nlist': 0})
+    with pytest.raises(ValueError, match='nlist'):
+        knn_search(x, 3, backend='torch-ivf', options={'nlist': 101})
+    with pytest.raises(ValueError, match='nprobe'):
+        knn_search(x, 3, backend='torch-ivf', options={'nprobe': 0})
+    with pytest.raises(ValueError, match='iters'):
+        TorchIVF(x, 4, iters=-1)
+
+
+def test_build_reports_the_recall_of_torch_ivf():
+    views = {'a': clustered(500, 8, seed=1), 'b': clustered(500, 6, seed=2)}
+    data = build_relation_graph(views, k=5, backend='torch-ivf',
+                                recall_sample=200)
+    assert set(data.knn_recall) == {'a', 'b'}
+    assert min(data.knn_recall.values()) >= 0.9
+    assert data.knn_settings['a']['nprobe'] >= 1
+
+
+@requires_cuda
+def test_torch_ivf_on_cuda_equals_cpu():
+    x = clustered(500, 8)
+    opts = {'nlist': 12, 'nprobe': 3, 'target_recall': None}
+    cpu = knn_search(x, 5, backend='torch-ivf', options=opts)
+    gpu = knn_search(x.cuda(), 5, backend='torch-ivf', options=opts)
+    assert gpu.edge_index.is_cuda
+    # The same k-means start and rounds; float sums may order differently,
+    # so compare the neighbour sets by recall.
+    assert knn_recall(gpu.edge_index.cpu(), x, 5, sample=500) >= \
+        knn_recall(cpu.edge_index, x, 5, sample=500) - 0.02

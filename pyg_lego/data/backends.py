@@ -1,23 +1,27 @@
 r"""k-nearest-neighbour search backends of the relation builder.
 
 ``'exact'`` is the blocked matrix-product search of :mod:`pyg_lego.data.knn`
-(block size from a memory budget). ``'faiss'`` (exact flat index),
-``'faiss-hnsw'`` and ``'faiss-ivf'`` (approximate) and ``'pynndescent'``
-(approximate) use optional packages, imported only when chosen. ``'auto'``
-stays exact while the :math:`N^2 d` matrix products are cheap and switches to
-an approximate index beyond. Approximate results can be checked with
+(block size from a memory budget). ``'torch-ivf'`` (approximate, an inverted
+file in torch alone, :mod:`pyg_lego.data.ivf`) runs wherever torch does, on
+CUDA too. ``'faiss'`` (exact flat index), ``'faiss-hnsw'`` and
+``'faiss-ivf'`` (approximate) and ``'pynndescent'`` (approximate) use
+optional packages, imported only when chosen. ``'auto'`` stays exact while
+the :math:`N^2 d` matrix products are cheap and switches to an approximate
+index beyond. Approximate results can be checked with
 :func:`knn_recall` against the exact neighbours of a sample of nodes.
 """
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from pyg_lego.data.ivf import KMEANS_ITERS, TorchIVF
 from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, exact_knn
 from pyg_lego.data.similarity import check_similarity, knn_scores, prepare
 
-BACKENDS = ('auto', 'exact', 'faiss', 'faiss-hnsw', 'faiss-ivf', 'pynndescent')
-APPROXIMATE = ('faiss-hnsw', 'faiss-ivf', 'pynndescent')
+BACKENDS = ('auto', 'exact', 'torch-ivf', 'faiss', 'faiss-hnsw', 'faiss-ivf',
+            'pynndescent')
+APPROXIMATE = ('torch-ivf', 'faiss-hnsw', 'faiss-ivf', 'pynndescent')
 
 #: ``'auto'`` stays exact up to this many multiply-adds (``N^2 d``) on a CPU
 #: (about half a minute at the FLOP rate of a small CPU) ...
@@ -28,7 +32,8 @@ AUTO_EXACT_GPU = 2e14
 #: Queries handed to an index at once (one progress-bar step).
 QUERY_BLOCK = 1 << 16
 
-#: Inverted lists an IVF query scans by default (before recall tuning).
+#: Inverted lists an IVF query scans by default (before recall tuning), in
+#: faiss and in ``'torch-ivf'``.
 IVF_NPROBE = 8
 #: Training points per IVF list (faiss warns below 39).
 IVF_TRAIN_PER_LIST = 40
@@ -92,17 +97,18 @@ def choose_backend(num_nodes: int, dim: int, device: torch.device,
                    similarity: str = 'cosine') -> str:
     r"""The backend :obj:`backend='auto'` picks: :obj:`'exact'` while
     :math:`N^2 d` stays below :data:`AUTO_EXACT_CPU` (:data:`AUTO_EXACT_GPU`
-    on CUDA), else :obj:`'faiss-ivf'` if faiss is installed, else
-    :obj:`'pynndescent'` if installed (not for :obj:`'dot'`), else
-    :obj:`'exact'`."""
+    on CUDA), else :obj:`'faiss-ivf'` if faiss is installed, else on the
+    CPU :obj:`'pynndescent'` if installed (not for :obj:`'dot'`), else
+    :obj:`'torch-ivf'`."""
     limit = AUTO_EXACT_GPU if device.type == 'cuda' else AUTO_EXACT_CPU
     if float(num_nodes)**2 * dim <= limit:
         return 'exact'
     if _has('faiss'):
         return 'faiss-ivf'
-    if _has('pynndescent') and similarity != 'dot':
+    if device.type != 'cuda' and _has('pynndescent') and \
+            similarity != 'dot':
         return 'pynndescent'
-    return 'exact'
+    return 'torch-ivf'
 
 
 def _drop_self(ids: Tensor, sims: Tensor, k: int):
@@ -160,13 +166,8 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         index = faiss.IndexHNSWFlat(d, settings['M'], metric)
         index.hnsw.efConstruction = settings['ef_construction']
     else:
-        nprobe = int(options.get('nprobe', IVF_NPROBE))
-        # Per query, the coarse search costs nlist and the scan
-        # nprobe N / nlist distances: their sum is least at sqrt(nprobe N).
-        # faiss asks for 39 training points per list.
-        nlist = int(options.get('nlist', max(1, min(int((nprobe * n)**0.5),
-                                                      n // 39))))
-        settings = {'nlist': nlist, 'nprobe': min(nprobe, nlist)}
+        nlist, nprobe = _ivf_lists(n, options)
+        settings = {'nlist': nlist, 'nprobe': nprobe}
         index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, nlist,
                                    metric)
     if x.is_cuda and hasattr(faiss, 'StandardGpuResources') and \
@@ -190,42 +191,12 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
     knob, limit = {'hnsw': ('ef_search', max(n, k + 1)),
                    'ivf': ('nprobe', settings.get('nlist'))}.get(kind,
                                                                  (None, 0))
-    target = options.get('target_recall', TARGET_RECALL)
-    if knob is not None and target is not None:
-        # Widen the search until a sample of queries finds the target
-        # share of its exact neighbours (the index is built once), or
-        # narrow it while they find more than enough.
-        # Its own seed: the recall reported by knn_recall is then measured
-        # on another sample than the one the search was tuned on.
-        size = int(options.get('tune_sample', TUNE_SAMPLE))
-        if size < 1:
-            raise ValueError(f"knn_options['tune_sample'] must be >= 1, got "
-                             f"{size}")
-        tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
-        sample = torch.randperm(n, generator=tune)[:size].to(z.device)
-        exact = _exact_sample(z, sample, k, similarity)
-
-        def recall() -> float:
+    if knob is not None:
+        def search(sample: Tensor) -> Tensor:
             configure()
-            found = index.search(z[sample], k + 1)[1].to(exact.device,
-                                                         torch.long)
-            return _sample_recall(exact, found, sample)
-        settings['tuned_recall'] = recall()
-        # A default that beats the target with the margin narrows; a knob
-        # the caller set is only ever widened.
-        narrow = knob not in options and settings['tuned_recall'] >= target
-        while settings['tuned_recall'] < target and settings[knob] < limit:
-            settings[knob] = min(2 * settings[knob], limit)
-            settings['tuned_recall'] = recall()
-        floor = k + 1 if kind == 'hnsw' else 1
-        while narrow and settings[knob] > floor and \
-                settings['tuned_recall'] >= target + NARROW_MARGIN:
-            wider = settings[knob], settings['tuned_recall']
-            settings[knob] = max(floor, settings[knob] // 2)
-            settings['tuned_recall'] = recall()
-            if settings['tuned_recall'] < target + NARROW_MARGIN:
-                settings[knob], settings['tuned_recall'] = wider
-                break
+            return index.search(z[sample], k + 1)[1]
+        _tune(settings, knob, limit, k + 1 if kind == 'hnsw' else 1,
+              options, z, k, similarity, search)
     configure()
     starts = range(0, n, QUERY_BLOCK)
     if progress:
@@ -244,6 +215,87 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
     return KNNResult(edge_index,
                      'faiss' if kind == 'flat' else f'faiss-{kind}', settings,
                      score)
+
+
+def _tune(settings: dict, knob: str, limit: int, floor: int, options: dict,
+          z: Tensor, k: int, similarity: str,
+          search: Callable[[Tensor], Tensor]) -> None:
+    r"""Tunes :obj:`settings[knob]` of a built index to the recall target
+    :obj:`options['target_recall']` (default :data:`TARGET_RECALL`;
+    :obj:`None` leaves it as it is): doubled, up to :obj:`limit`, until a
+    sample of :obj:`options['tune_sample']` queries finds the target share
+    of its exact neighbours; or, where it is a default that beats the
+    target by :data:`NARROW_MARGIN`, halved, down to :obj:`floor`, while
+    the sample still does. :obj:`search` returns the :math:`k + 1` ids the
+    index finds for the sampled nodes under the current settings. The
+    sample's recall goes into :obj:`settings['tuned_recall']`."""
+    target = options.get('target_recall', TARGET_RECALL)
+    if target is None:
+        return
+    # Its own seed: the recall reported by knn_recall is then measured on
+    # another sample than the one the search was tuned on.
+    size = int(options.get('tune_sample', TUNE_SAMPLE))
+    if size < 1:
+        raise ValueError(f"knn_options['tune_sample'] must be >= 1, got "
+                         f"{size}")
+    tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
+    sample = torch.randperm(z.size(0), generator=tune)[:size].to(z.device)
+    exact = _exact_sample(z, sample, k, similarity)
+
+    def recall() -> float:
+        found = search(sample).to(exact.device, torch.long)
+        return _sample_recall(exact, found, sample)
+    settings['tuned_recall'] = recall()
+    # A default that beats the target with the margin narrows; a knob the
+    # caller set is only ever widened.
+    narrow = knob not in options and settings['tuned_recall'] >= target
+    while settings['tuned_recall'] < target and settings[knob] < limit:
+        settings[knob] = min(2 * settings[knob], limit)
+        settings['tuned_recall'] = recall()
+    while narrow and settings[knob] > floor and \
+            settings['tuned_recall'] >= target + NARROW_MARGIN:
+        wider = settings[knob], settings['tuned_recall']
+        settings[knob] = max(floor, settings[knob] // 2)
+        settings['tuned_recall'] = recall()
+        if settings['tuned_recall'] < target + NARROW_MARGIN:
+            settings[knob], settings['tuned_recall'] = wider
+            break
+
+
+def _ivf_lists(n: int, options: dict) -> Tuple[int, int]:
+    r"""The lists and probes of an IVF search of :obj:`n` points (before
+    tuning): per query, the coarse search costs :math:`L` and the scan
+    :math:`n_\mathrm{probe} N / L` distances, whose sum is least at
+    :math:`L = \sqrt{n_\mathrm{probe} N}`; at least 39 points per list (the
+    fewest faiss trains a list on)."""
+    nprobe = int(options.get('nprobe', IVF_NPROBE))
+    nlist = int(options.get('nlist', max(1, min(int((nprobe * n)**0.5),
+                                                  n // 39))))
+    return nlist, min(nprobe, nlist)
+
+
+def _torch_ivf_search(x: Tensor, k: int, similarity: str, progress: bool,
+                      memory_budget: int, options: dict) -> KNNResult:
+    r"""The :class:`~pyg_lego.data.ivf.TorchIVF` search, its
+    :obj:`nprobe` tuned to the recall target as faiss IVF's is."""
+    nlist, nprobe = _ivf_lists(x.size(0), options)
+    if not 1 <= nlist <= x.size(0):
+        raise ValueError(f"knn_options['nlist'] must be in [1, N = "
+                         f"{x.size(0)}], got {nlist}")
+    if nprobe < 1:
+        raise ValueError(f"knn_options['nprobe'] must be >= 1, got {nprobe}")
+    index = TorchIVF(x, nlist, similarity,
+                     int(options.get('iters', KMEANS_ITERS)),
+                     int(options.get('seed', 0)), memory_budget)
+    settings = {'nlist': nlist, 'nprobe': nprobe}
+    _tune(settings, 'nprobe', nlist, 1, options, index.z, k, similarity,
+          lambda sample: index.search(sample, k + 1, settings['nprobe'])[1])
+    nodes = torch.arange(x.size(0), device=x.device)
+    sims, ids = index.search(nodes, k + 1, settings['nprobe'], progress)
+    edge_index, sims = _drop_self(ids, sims, k)
+    # Computed as the exact search computes them, in the features' dtype.
+    score = sims if similarity in ('cosine', 'dot') else None
+    return KNNResult(edge_index, 'torch-ivf', settings, score)
 
 
 def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
@@ -279,20 +331,24 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
         similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
             :obj:`"rbf"` (nearest in Euclidean distance).
             (default: :obj:`"cosine"`)
-        backend (str, optional): :obj:`"exact"`, :obj:`"faiss"` (exact flat
-            index), :obj:`"faiss-hnsw"`, :obj:`"faiss-ivf"`,
+        backend (str, optional): :obj:`"exact"`, :obj:`"torch-ivf"`
+            (approximate, torch alone, any device), :obj:`"faiss"` (exact
+            flat index), :obj:`"faiss-hnsw"`, :obj:`"faiss-ivf"`,
             :obj:`"pynndescent"` or :obj:`"auto"` (see
             :func:`choose_backend`). faiss runs on the GPU when :obj:`x` is
             a CUDA tensor and faiss was built with GPU support.
             (default: :obj:`"auto"`)
-        memory_budget (int, optional): Bytes for one block of exact scores.
+        memory_budget (int, optional): Bytes for one block of scores
+            (exact and :obj:`"torch-ivf"`).
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         options (dict, optional): Index settings: :obj:`M`,
             :obj:`ef_construction`, :obj:`ef_search` (HNSW, defaults 32, 80,
             64), :obj:`nprobe`, :obj:`nlist` (IVF, defaults
             :data:`IVF_NPROBE` and :math:`\sqrt{\mathrm{nprobe}\, N}`),
+            :obj:`iters` (k-means rounds of :obj:`"torch-ivf"`, default
+            :data:`~pyg_lego.data.ivf.KMEANS_ITERS`),
             :obj:`n_neighbors` (pynndescent, default 30), :obj:`seed`, and
-            for faiss HNSW and IVF :obj:`target_recall` (default
+            for the HNSW and IVF searches :obj:`target_recall` (default
             :data:`TARGET_RECALL`; :obj:`None` turns tuning off) and
             :obj:`tune_sample` (default :data:`TUNE_SAMPLE`): the search
             is widened until that many sampled queries reach the target
@@ -317,6 +373,9 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
         edge_index, score = exact_knn(x, k, similarity, memory_budget,
                                       progress, return_scores=True)
         return KNNResult(edge_index, 'exact', None, score)
+    if backend == 'torch-ivf':
+        return _torch_ivf_search(x, k, similarity, progress, memory_budget,
+                                 options)
     if backend == 'pynndescent':
         return _pynndescent_search(x, k, similarity, progress, options)
     kind = {'faiss': 'flat', 'faiss-hnsw': 'hnsw', 'faiss-ivf': 'ivf'}[backend]
