@@ -91,9 +91,9 @@ def test_auto_choice_by_size(monkeypatch):
     assert choose_backend(n, 128, torch.device('cuda')) == 'exact'
 
 
-@pytest.mark.parametrize('backend,knob,start', [('torch-ivf', 'nprobe', 1),
-                                                ('faiss-ivf', 'nprobe', 1),
-                                                ('faiss-hnsw', 'ef_search', 11)])
+@pytest.mark.parametrize('backend,knob,start', [
+    ('torch-ivf', 'nprobe', 1), ('faiss-ivf', 'nprobe', 1),
+    ('faiss-hnsw', 'ef_search', 11)])
 def test_approximate_search_is_widened_to_the_target_recall(backend, knob,
                                                             start):
     needs(backend)
