@@ -63,9 +63,9 @@ class KNNResult(NamedTuple):
             (:obj:`'tuned_recall'`).
         score (torch.Tensor, optional): The similarity of each edge
             :math:`(E,)` (for cosine, of the unit rows), where the search
-            computed it in the features' own dtype: exact searches and faiss
-            searches of float32 features, under :obj:`'cosine'` or
-            :obj:`'dot'`. :func:`~pyg_lego.build_relation_graph` reuses it
+            computed it in the features' own dtype: exact and
+            :obj:`'torch-ivf'` searches, and faiss searches of float32
+            features, under :obj:`'cosine'` or :obj:`'dot'`. :func:`~pyg_lego.build_relation_graph` reuses it
             on large graphs instead of computing these scores again.
     """
     edge_index: Tensor

@@ -91,7 +91,8 @@ class TorchIVF:
         return (c * c).sum(-1) if similarity == 'rbf' else None
 
     def _rows(self, cols: int) -> int:
-        return max(1, self.block_bytes // max(1, 4 * cols))
+        return max(1, self.block_bytes //
+                   max(1, self.z.element_size() * cols))
 
     def _nearest(self, q: Tensor, centroids: Tensor,
                  similarity: str) -> Tensor:

@@ -376,10 +376,10 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     and scores are edge-wise. On large graphs (:data:`REUSE_MIN_EDGES`, on
     the CPU with numba), a view's scores on its own kNN edges and their
     reverses are the similarities its search computed (where it computed
-    them in the features' dtype: exact and faiss searches, cosine and dot),
-    and each other pair of edges is scored once. :obj:`k >= N - 1` gives
-    the complete graph (the paper's setting, where everything equals the
-    dense computation).
+    them in the features' dtype: exact, torch-ivf and faiss searches,
+    cosine and dot), and each other pair of edges is scored once.
+    :obj:`k >= N - 1` gives the complete graph (the paper's setting, where
+    everything equals the dense computation).
 
     Args:
         views (Mapping[str, torch.Tensor or GivenGraph]): View name ->
@@ -403,9 +403,10 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
             a given graph.
         memory_budget (int, optional): Bytes for one block of kNN scores.
         progress (bool, optional): Progress bar for the kNN search.
-        backend (str, optional): kNN search: :obj:`"exact"`, :obj:`"faiss"`,
-            :obj:`"faiss-hnsw"`, :obj:`"faiss-ivf"`, :obj:`"pynndescent"` or
-            :obj:`"auto"` (exact while cheap, approximate beyond), see
+        backend (str, optional): kNN search: :obj:`"exact"`,
+            :obj:`"torch-ivf"`, :obj:`"faiss"`, :obj:`"faiss-hnsw"`,
+            :obj:`"faiss-ivf"`, :obj:`"pynndescent"` or :obj:`"auto"`
+            (exact while cheap, approximate beyond), see
             :func:`~pyg_lego.data.backends.knn_search`.
             (default: :obj:`"auto"`)
         knn_options (dict, optional): Settings of the approximate indexes.
