@@ -55,15 +55,17 @@ class TorchIVF:
         gen = torch.Generator().manual_seed(seed)
         train = torch.randperm(n, generator=gen)[:TRAIN_PER_LIST * nlist]
         train = train.to(x.device)
-        centroids = self.z[train[:nlist]].clone()
-        # Training in the similarity's geometry, except for 'dot': the
-        # lists of a maximum-inner-product search are Euclidean clusters
-        # (assigning by inner product favours the longest centroids).
+        points = self.z[train]
+        centroids = points[:nlist].clone()
+        # Trained in the similarity's geometry, except for 'dot', whose
+        # lists are trained as Euclidean clusters (training by inner
+        # product favours the longest centroids); the nodes are then
+        # listed, and the lists ranked, by the similarity itself, as in
+        # faiss's inner-product IVF.
         fit = 'cosine' if similarity == 'cosine' else 'rbf'
         for _ in range(iters):
-            assign = self._nearest(self.z[train], centroids, fit)
-            sums = torch.zeros_like(centroids).index_add_(
-                0, assign, self.z[train])
+            assign = self._nearest(points, centroids, fit)
+            sums = torch.zeros_like(centroids).index_add_(0, assign, points)
             count = torch.bincount(assign, minlength=nlist)
             full = count > 0  # an empty list keeps its centroid
             centroids[full] = sums[full] / count[full].unsqueeze(1) \
