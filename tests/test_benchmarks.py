@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = os.path.join(ROOT, 'benchmarks', 'scale.py')
@@ -47,7 +48,6 @@ def test_scale_benchmark_writes_json_markdown_and_plot(tmp_path):
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc',
                     reason='the heap behaviour tested is glibc\'s')
 def test_stage_memory_counts_memory_an_earlier_stage_freed():
-    import torch
     spec = importlib.util.spec_from_file_location('scale', SCALE)
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
@@ -125,7 +125,6 @@ def test_locality_benchmark_writes_json_and_markdown(tmp_path):
 def test_locality_benchmark_on_a_saved_graph(tmp_path):
     pytest.importorskip('numba')
     pytest.importorskip('scipy')
-    import torch
     from .test_scale import graph
     views, data = graph(n=500, dtype=torch.float32)
     saved = tmp_path / 'graph.pt'
@@ -149,7 +148,7 @@ def test_locality_benchmark_on_a_saved_graph(tmp_path):
 
 @pytest.mark.parametrize('device', [
     'cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-        not __import__('torch').cuda.is_available(), reason='needs CUDA'))])
+        not torch.cuda.is_available(), reason='needs CUDA'))])
 def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
     run('--device', device, '--sizes', '300', '600', '100000', '--views',
         '2', '--dim', '8', '--k', '4', '--repeat', '1', '--budget-s', '1000',
@@ -178,7 +177,6 @@ def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
 
 
 def test_device_benchmark_refuses_cuda_without_a_gpu(tmp_path):
-    import torch
     if torch.cuda.is_available():
         pytest.skip('a CUDA device is present')
     out = run('--sizes', '300', '--out', str(tmp_path), script=DEVICE,
