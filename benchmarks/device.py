@@ -22,18 +22,18 @@ Data: those of ``scale.py`` (``M`` views that are linear maps of a shared
 clustered latent plus noise), drawn on the device.
 """
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from scale import PeakRSS, fmt, release_freed_memory, slope  # noqa: E402
+from scale import (fmt, make_views, md_table, ratio,  # noqa: E402
+                   release_freed_memory, slope, summary_tables, timed)
 
 #: Stages timed at every size (``paths``: the stored two-step-path index;
 #: ``masked_streamed``: the masked power with memory budget 0).
@@ -42,24 +42,10 @@ STAGES = ('knn', 'scores', 'paths', 'elementwise', 'masked',
 MODES = ('elementwise', 'masked', 'propagated')
 
 
-def make_views(n: int, num_views: int, dim: int, device, seed: int = 0):
-    r"""``scale.make_views``'s recipe, drawn on :obj:`device`."""
-    import torch
-    gen = torch.Generator(device).manual_seed(seed)
-    clusters = max(16, n // 500)
-    centers = torch.randn(clusters, 16, generator=gen, device=device) * 2
-    latent = centers[torch.randint(clusters, (n,), generator=gen,
-                                   device=device)]
-    latent += torch.randn(n, 16, generator=gen, device=device)
-    return {f'view{m}': latent @ torch.randn(16, dim, generator=gen,
-                                             device=device) +
-            0.3 * torch.randn(n, dim, generator=gen, device=device)
-            for m in range(num_views)}
-
-
 class Timer:
     r"""Best wall time of several runs of a function on one device, with
-    the peak memory growth of the last run (see the module's docstring)."""
+    the peak memory growth of the last run (see the module's docstring):
+    on the CPU, ``scale.timed``."""
 
     def __init__(self, device):
         import torch
@@ -72,25 +58,23 @@ class Timer:
             torch.cuda.synchronize(self.device)
 
     def __call__(self, fn: Callable, repeat: int = 1):
+        if not self.cuda:
+            return timed(fn, repeat)
         import torch
-        best, out, peak = math.inf, None, 0
+        best, out = math.inf, None
         for _ in range(repeat):
             out = None  # freed before the next run starts
             release_freed_memory()
-            if self.cuda:
-                torch.cuda.empty_cache()
-                self.sync()
-                torch.cuda.reset_peak_memory_stats(self.device)
-                start = torch.cuda.memory_allocated(self.device)
-            with (contextlib.nullcontext() if self.cuda else
-                  PeakRSS()) as rss:
-                t = time.perf_counter()
-                out = fn()
-                self.sync()
-                best = min(best, time.perf_counter() - t)
-            peak = (torch.cuda.max_memory_allocated(self.device) - start
-                    if self.cuda else rss.bytes)
-        return best, peak, out
+            torch.cuda.empty_cache()
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            start = torch.cuda.memory_allocated(self.device)
+            t = time.perf_counter()
+            out = fn()
+            self.sync()
+            best = min(best, time.perf_counter() - t)
+        return best, torch.cuda.max_memory_allocated(self.device) - start, \
+            out
 
 
 def measure_size(n: int, args, timer: Timer) -> Dict:
@@ -105,9 +89,9 @@ def measure_size(n: int, args, timer: Timer) -> Dict:
 
     device, rep = timer.device, args.repeat
     k, P, M, d = args.k, args.P, args.views, args.dim
-    views = make_views(n, M, d, device)
+    views = make_views(n, M, d, device=device)
     xs = list(views.values())
-    res: Dict = {'N': n, 'time': {}, 'mem': {}, 'baseline': {}}
+    res: Dict = {'N': n, 'P': P, 'time': {}, 'mem': {}, 'baseline': {}}
 
     t, mem, found = timer(lambda: {
         name: knn_search(x, k, backend=args.backend)
@@ -217,21 +201,16 @@ def measure_size(n: int, args, timer: Timer) -> Dict:
     return res
 
 
-def ratio(a, b) -> Optional[float]:
-    return a / b if a and b else None
-
-
 def summarize(results: List[Dict]) -> Dict:
     rows = []
     for r in results:
         t, b = r['time'], r['baseline']
-        P = r.get('P', 3)
         rows.append({
             'N': r['N'], 'E': r['E'], 'paths': r['paths'],
             'knn_backend': r['knn_backend'],
             'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'), t['knn']),
             'masked_forward_order_vs_sparse_mm': ratio(
-                t['masked_forward'] / max(1, P - 1), b.get('sparse_mm')),
+                t['masked_forward'] / max(1, r['P'] - 1), b.get('sparse_mm')),
             'propagated_vs_sgconv': ratio(t['propagated_forward'],
                                           b['sgconv']),
             **{f'pipeline_{m}_s': r['pipeline'][m]['s'] for m in MODES},
@@ -248,30 +227,17 @@ def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
              f"k={meta['k']}, P={meta['P']}, {meta['views']} views of width "
              f"{meta['dim']}; sizes skipped for the time budget: "
              f"{meta['skipped'] or 'none'}.", '',
-             '### Time (s) per stage, forward and backward', '',
-             '| N | |E| | #paths | ' + ' | '.join(STAGES) + ' |',
-             '|---' * (len(STAGES) + 3) + '|']
-    for r in results:
-        lines.append(f"| {r['N']} | {r['E']} | {fmt(r['paths'])} | " +
-                     ' | '.join(fmt(r['time'][s], 3) for s in STAGES) + ' |')
-    lines += ['', '### Peak memory growth (MiB) per stage', '',
-              '| N | ' + ' | '.join(STAGES) + ' |',
-              '|---' * (len(STAGES) + 1) + '|']
-    for r in results:
-        lines.append(f"| {r['N']} | " + ' | '.join(
-            fmt(r['mem'][s] / 2**20, 1) for s in STAGES) + ' |')
-    keys = [k for k in summary['rows'][0] if k not in ('N', 'E', 'paths')]
-    lines += ['', '### Ratios against baselines, and the whole pipeline '
-              'per mode (build + expansion + fusion, s)', '',
-              '| N | ' + ' | '.join(keys) + ' |',
-              '|---' * (len(keys) + 1) + '|']
-    for row in summary['rows']:
-        lines.append(f"| {row['N']} | " + ' | '.join(fmt(row[k])
-                                                    for k in keys) + ' |')
-    lines += ['', '### Fitted log-log slopes against N', '',
-              '| stage | time | memory |', '|---|---|---|']
-    for s, v in summary['slopes'].items():
-        lines.append(f"| {s} | {fmt(v['time'])} | {fmt(v['mem'])} |")
+             '### Time (s) per stage, forward and backward', '']
+    lines += md_table(['N', '|E|', '#paths', *STAGES], [
+        [r['N'], r['E'], fmt(r['paths'])] +
+        [fmt(r['time'][s], 3) for s in STAGES] for r in results])
+    lines += ['', '### Peak memory growth (MiB) per stage', '']
+    lines += md_table(['N', *STAGES], [
+        [r['N']] + [fmt(r['mem'][s] / 2**20, 1) for s in STAGES]
+        for r in results])
+    lines += summary_tables(summary, 'Ratios against baselines, and the '
+                            'whole pipeline per mode (build + expansion + '
+                            'fusion, s)')
     return '\n'.join(lines) + '\n'
 
 
@@ -322,7 +288,6 @@ def main(argv=None):
             # The sizes before it stand; the larger ones would not fit.
             meta['skipped'].append(f'{n} (out of memory: {str(e)[:200]})')
             break
-        res['P'] = args.P
         results.append(res)
         before = (n, time.perf_counter() - t)
         print(f'N={n}: {before[1]:.1f}s, E={res["E"]}', flush=True)

@@ -104,15 +104,20 @@ def timed(fn: Callable, repeat: int = 1):
     return best, mem.bytes, out
 
 
-def make_views(n: int, num_views: int, dim: int, seed: int = 0):
+def make_views(n: int, num_views: int, dim: int, seed: int = 0,
+               device=None):
+    r"""The benchmark's views (see the module's docstring), drawn on
+    :obj:`device` (the CPU by default)."""
     import torch
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device or 'cpu').manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
     clusters = max(16, n // 500)
-    centers = torch.randn(clusters, 16, generator=gen) * 2
-    latent = centers[torch.randint(clusters, (n,), generator=gen)] + \
-        torch.randn(n, 16, generator=gen)
-    return {f'view{m}': latent @ torch.randn(16, dim, generator=gen) +
-            0.3 * torch.randn(n, dim, generator=gen)
+    centers = randn(clusters, 16) * 2
+    latent = centers[torch.randint(clusters, (n,), generator=gen,
+                                   device=device)] + randn(n, 16)
+    return {f'view{m}': latent @ randn(16, dim) + 0.3 * randn(n, dim)
             for m in range(num_views)}
 
 
@@ -473,6 +478,26 @@ def fmt(v, digits=2):
     return str(v)
 
 
+def md_table(head: List[str], rows: List[List]) -> List[str]:
+    r"""A markdown table's lines: :obj:`head`, then :obj:`rows` (cells as
+    they are; :func:`fmt` them first)."""
+    return ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|'] + \
+        ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+
+
+def summary_tables(summary: Dict, title: str) -> List[str]:
+    r"""The ratio rows of :obj:`summary` under :obj:`title`, then the
+    fitted slopes."""
+    keys = [k for k in summary['rows'][0] if k not in ('N', 'E', 'paths')]
+    return (['', f'### {title}', ''] + md_table(
+        ['N'] + keys, [[row['N']] + [fmt(row[k]) for k in keys]
+                       for row in summary['rows']]) +
+        ['', '### Fitted log-log slopes against N', ''] + md_table(
+            ['stage', 'time', 'memory'],
+            [[s, fmt(v.get('time')), fmt(v.get('mem'))]
+             for s, v in summary['slopes'].items()]))
+
+
 def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
     loads = ', '.join(f"{r.get('load_average', float('nan')):.1f}"
                       for r in results)
@@ -480,31 +505,17 @@ def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
              f"{meta['threads']} threads; k={meta['k']}, P={meta['P']}, "
              f"{meta['views']} views of width {meta['dim']}; 1-minute load "
              f"average after each size: {loads}.", '',
-             '### Time (s) per stage, forward and backward', '',
-             '| N | |E| | #paths | ' + ' | '.join(STAGES) + ' |',
-             '|---' * (len(STAGES) + 3) + '|']
-    for r in results:
-        lines.append(f"| {r['N']} | {r['E']} | {r['paths']} | " +
-                     ' | '.join(fmt(r['time'][s], 3) for s in STAGES) + ' |')
-    lines += ['', '### Peak memory growth (MiB) per stage', '',
-              '| N | ' + ' | '.join(STAGES) + ' | process peak (pipeline) |',
-              '|---' * (len(STAGES) + 2) + '|']
-    for r in results:
-        lines.append(f"| {r['N']} | " + ' | '.join(
-            fmt(None if r['mem'][s] is None else r['mem'][s] / 2**20, 1)
-            for s in STAGES) +
-            f" | {fmt(r['peak_rss_pipeline'] / 2**20, 0)} |")
-    keys = [k for k in summary['rows'][0] if k not in ('N', 'E', 'paths')]
-    lines += ['', '### Ratios against baselines measured in the same process',
-              '', '| N | ' + ' | '.join(keys) + ' |',
-              '|---' * (len(keys) + 1) + '|']
-    for row in summary['rows']:
-        lines.append(f"| {row['N']} | " + ' | '.join(fmt(row[k])
-                                                    for k in keys) + ' |')
-    lines += ['', '### Fitted log-log slopes against N', '',
-              '| stage | time | memory |', '|---|---|---|']
-    for s, v in summary['slopes'].items():
-        lines.append(f"| {s} | {fmt(v.get('time'))} | {fmt(v.get('mem'))} |")
+             '### Time (s) per stage, forward and backward', '']
+    lines += md_table(['N', '|E|', '#paths', *STAGES], [
+        [r['N'], r['E'], r['paths']] + [fmt(r['time'][s], 3) for s in STAGES]
+        for r in results])
+    lines += ['', '### Peak memory growth (MiB) per stage', '']
+    lines += md_table(['N', *STAGES, 'process peak (pipeline)'], [
+        [r['N']] + [fmt(None if r['mem'][s] is None else r['mem'][s] / 2**20,
+                        1) for s in STAGES] +
+        [fmt(r['peak_rss_pipeline'] / 2**20, 0)] for r in results])
+    lines += summary_tables(
+        summary, 'Ratios against baselines measured in the same process')
     return '\n'.join(lines) + '\n'
 
 
