@@ -66,10 +66,14 @@ class TorchIVF:
         for _ in range(iters):
             assign = self._nearest(points, centroids, fit)
             sums = torch.zeros_like(centroids).index_add_(0, assign, points)
-            count = torch.bincount(assign, minlength=nlist)
-            full = count > 0  # an empty list keeps its centroid
-            centroids[full] = sums[full] / count[full].unsqueeze(1) \
-                .to(sums.dtype)
+            # Counted and selected on the device: no round trip to the host
+            # per iteration (bincount and masks wait for it on a GPU).
+            count = assign.new_zeros(nlist, 1).index_add_(
+                0, assign, assign.new_ones(assign.numel(), 1))
+            # An empty list keeps its centroid.
+            centroids = torch.where(
+                count > 0, sums / count.clamp_min(1).to(sums.dtype),
+                centroids)
             if fit == 'cosine':
                 centroids = torch.nn.functional.normalize(centroids, dim=-1)
         self.centroids = centroids

@@ -1,0 +1,184 @@
+r"""No host round trip in the hot loops of the paths CUDA runs.
+
+On a GPU, reading a value back to the host (``.item()``, ``bool(t)``,
+``.tolist()``, ``.cpu()``) or an op whose output size depends on the data
+(``nonzero``, boolean-mask indexing, ``unique``, ``bincount``) waits for
+every queued kernel. These tests count such calls on the CPU, where the same
+torch code runs, and check that their number does not grow with the number
+of blocks, lists, chunks or orders a stage loops over: a round trip added
+inside one of these loops fails here, without a GPU.
+"""
+from collections import Counter
+from typing import Dict, Tuple
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from pyg_lego import build_relation_graph
+from pyg_lego.data.ivf import TorchIVF
+from pyg_lego.data.knn import exact_knn
+from pyg_lego.data.similarity import edge_reduce
+from pyg_lego.nn import GraphPowerConv, masked_numba, relation_norm
+from pyg_lego.nn.graph_power import StreamedMaskedPower
+from pyg_lego.nn.path_index import PathPlan, _torch_paths
+
+from .conftest import random_views
+
+#: Tensor methods and torch functions that read values back to the host.
+READS = {'item', 'tolist', 'numpy', 'cpu', '__bool__', '__int__',
+         '__float__', '__index__'}
+#: Ops whose output size depends on the data: the host waits to learn it.
+DATA_SIZED = {'nonzero', 'argwhere', 'masked_select', 'unique',
+              'unique_consecutive', 'bincount'}
+
+
+def _bool_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool
+               for p in parts)
+
+
+class HostSyncs(TorchFunctionMode):
+    r"""Counts, by op name, the calls that wait for the device on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, '__name__', '')
+        if name in READS or name in DATA_SIZED:
+            self.calls[name] += 1
+        elif name == 'repeat_interleave' and \
+                kwargs.get('output_size') is None and \
+                isinstance(args[1] if len(args) > 1 else
+                           kwargs.get('repeats'), torch.Tensor):
+            self.calls[name] += 1
+        elif name == 'where' and len(args) + len(kwargs) == 1:
+            self.calls[name] += 1
+        elif name == 'to' and any(str(a) == 'cpu' for a in
+                                  (*args[1:], *kwargs.values())):
+            self.calls[name] += 1
+        elif name in ('__getitem__', '__setitem__') and _bool_index(args[1]):
+            # A scalar written through a mask is a masked fill: no sync.
+            if name == '__getitem__' or isinstance(args[2], torch.Tensor):
+                self.calls[name] += 1
+        return func(*args, **kwargs)
+
+
+def syncs(fn, *args, **kwargs) -> Tuple[Dict[str, int], object]:
+    with HostSyncs() as mode:
+        out = fn(*args, **kwargs)
+    return dict(mode.calls), out
+
+
+def test_the_counter_sees_host_reads():
+    x = torch.arange(6.)
+    calls, _ = syncs(lambda: (x.sum().item(), bool((x > 2).any()),
+                              x[x > 2], x.nonzero(), x.tolist(),
+                              torch.bincount(x.long()), x.to('cpu'),
+                              x.repeat_interleave(x.long())))
+    assert calls == {'item': 1, '__bool__': 1, '__getitem__': 1,
+                     'nonzero': 1, 'tolist': 1, 'bincount': 1, 'to': 1,
+                     'repeat_interleave': 1}
+    # What stays on the device is not counted.
+    calls, _ = syncs(lambda: (x.masked_fill(x > 2, 0), x.topk(2),
+                              x.repeat_interleave(x.long(), output_size=15)))
+    assert calls == {}
+
+
+def test_exact_knn_reads_back_nothing_per_block():
+    x = torch.randn(640, 8)
+    # 640 rows in one block, and in blocks of the minimum 64 rows.
+    one, ref = syncs(exact_knn, x, 5, memory_budget=2 * 640 * 4 * 640)
+    ten, out = syncs(exact_knn, x, 5, memory_budget=2 * 640 * 4 * 64)
+    assert torch.equal(out, ref)
+    assert one == ten
+
+
+def test_torch_ivf_reads_back_nothing_per_list_or_iteration():
+    x = torch.randn(800, 8)
+    build = {}
+    for nlist, iters in ((4, 1), (16, 6)):
+        build[nlist], index = syncs(TorchIVF, x, nlist, iters=iters)
+        nodes = torch.arange(800)
+        search, (sims, ids) = syncs(index.search, nodes, 5, nprobe=2)
+        assert ids.shape == (800, 5)
+        # The list sizes and the probed lists come to the host once each.
+        assert search == {'bincount': 1, 'tolist': 2}
+    assert build[4] == build[16]
+
+
+def test_streamed_masked_power_reads_back_nothing_per_chunk():
+    data = build_relation_graph(random_views(200, [6, 4]), k=6,
+                                backend='exact')
+    ei, n = data.edge_index, data.num_nodes
+    a = relation_norm(ei, data.edge_attr, n).detach()
+    counts, outs = [], []
+    for chunk in (1 << 22, 1000):
+        # Chunks as on CUDA: not compacted, so nothing is read back.
+        plan = PathPlan(ei, n, chunk, compact=False)
+        x = a.clone().requires_grad_(True)
+
+        def run():
+            out = StreamedMaskedPower.apply(x, plan, 3)
+            out.sum().backward()
+            return out
+        calls, out = syncs(run)
+        counts.append(calls)
+        outs.append((out.detach(), x.grad))
+    assert len(plan) > 10
+    assert counts[0] == counts[1] == {}
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_torch_path_index_reads_back_once_per_chunk():
+    data = build_relation_graph(random_views(200, [6, 4]), k=6,
+                                backend='exact')
+    ei, n = data.edge_index, data.num_nodes
+    one, ref = syncs(_torch_paths, ei, n, 1 << 22, None)
+    many, out = syncs(_torch_paths, ei, n, 1000, None)
+    assert torch.equal(out, ref)
+    chunks = len(PathPlan(ei, n, 1000, whole_rows=True))
+    assert chunks > 10
+    # The size of each chunk's paths (one nonzero), and nothing else.
+    extra = Counter(many)
+    extra.subtract(one)
+    assert +extra == Counter(nonzero=chunks - 1)
+
+
+def test_scores_and_propagation_read_back_nothing_per_chunk_or_order():
+    views = random_views(300, [6, 4])
+    data = build_relation_graph(views, k=5, backend='exact')
+    ei, n = data.edge_index, data.num_nodes
+    x = views['v0']
+    # The edge-chunked scores (the path without a CSR pattern, as for RBF).
+    one, ref = syncs(edge_reduce, x, ei, sqdist=True, chunk_size=1 << 20)
+    many, out = syncs(edge_reduce, x, ei, sqdist=True, chunk_size=100)
+    assert ei.size(1) > 10 * 100
+    assert one == many
+    torch.testing.assert_close(out, ref)
+    xs = list(views.values())
+    counts = [syncs(GraphPowerConv(P, mode='propagated'), ei,
+                    data.edge_attr, xs=xs, num_nodes=n)[0]
+              for P in (2, 5)]
+    assert counts[0] == counts[1]
+
+
+def test_masked_orders_read_back_nothing_per_order(monkeypatch):
+    # Without numba, as on CUDA: the torch path index and sparse products.
+    monkeypatch.setattr(masked_numba, 'available', lambda: False)
+    data = build_relation_graph(random_views(200, [6, 4]), k=6,
+                                backend='exact')
+    counts = []
+    for P in (2, 5):
+        attr = data.edge_attr.clone().requires_grad_(True)
+
+        def run():
+            out = GraphPowerConv(P, mode='masked')(
+                data.edge_index, attr, num_nodes=data.num_nodes)
+            out.sum().backward()
+        counts.append(syncs(run)[0])
+    assert 'numpy' not in counts[0]
+    assert counts[0] == counts[1]
