@@ -5,18 +5,22 @@ polynomial fusion, forward and backward), the form of the issue's
 N = 10,000,000 target on one GPU.
 
     python benchmarks/device.py                         # CUDA, default sizes
-    python benchmarks/device.py --sizes 1000000 10000000
+    python benchmarks/device.py --sizes 10000000 --pipeline-only
     python benchmarks/device.py --device cpu --sizes 2000 4000
 
 One process runs every size, smallest first (the device is set up once);
 a size is skipped when the one before it, scaled by
-:math:`(N / N_{\mathrm{before}})^2` (the exact kNN is quadratic), would
-exceed ``--budget-s``. On CUDA, every timed stage ends with a
+:math:`(N / N_{\mathrm{before}})^2` where the kNN search is exact (it is
+quadratic), else by :math:`(N / N_{\mathrm{before}})^{1.15}`, would exceed
+``--budget-s``. ``--pipeline-only`` runs the whole pipeline per mode alone
+(the form of the time target). On CUDA, every timed stage ends with a
 synchronisation, and its memory is the growth of the peak that torch's
 allocator saw (``torch.cuda.max_memory_allocated``) over what was
 allocated when it started; on the CPU it is the sampled resident set, as
 in ``scale.py``. Results go to ``<out>/device.json`` and
-``<out>/device.md``, with the device's name.
+``<out>/device.md``, with the device's name, after every size and every
+mode of the whole pipeline, so that a run stopped at a time limit or out
+of memory keeps what it finished.
 
 Data: those of ``scale.py`` (``M`` views that are linear maps of a shared
 clustered latent plus noise), drawn on the device.
@@ -28,7 +32,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -77,7 +81,38 @@ class Timer:
             out
 
 
-def measure_size(n: int, args, timer: Timer) -> Dict:
+def measure_size(n: int, args, timer: Timer,
+                 save: Callable[[Dict], None]) -> Dict:
+    r"""One size: every stage and its baselines (unless
+    :obj:`args.pipeline_only`), then the whole pipeline per mode;
+    :obj:`save` is given the partial result after each mode."""
+    views = make_views(n, args.views, args.dim, device=timer.device)
+    res: Dict = {'N': n, 'P': args.P, 'time': {}, 'mem': {},
+                 'baseline': {}, 'E': None, 'paths': None,
+                 'knn_backend': resolved_backend(n, args, timer.device)}
+    if not args.pipeline_only:
+        measure_stages(res, views, args, timer)
+    measure_pipeline(res, views, args, timer, save)
+    return res
+
+
+def resolved_backend(n: int, args, device) -> str:
+    r"""The kNN backend that :obj:`args.backend` means at :obj:`n` nodes."""
+    from pyg_lego.data.backends import choose_backend
+    return args.backend if args.backend != 'auto' else \
+        choose_backend(n, args.dim, device)
+
+
+def estimate_s(before: Tuple[int, float], n: int, args, device) -> float:
+    r"""The time of size :obj:`n` from that of the size before it: the
+    exact kNN grows with :math:`N^2`; the approximate searches and every
+    other stage about linearly (with exponent 1.15, the slope the issue
+    allows)."""
+    power = 2.0 if resolved_backend(n, args, device) == 'exact' else 1.15
+    return before[1] * (n / before[0])**power
+
+
+def measure_stages(res: Dict, views: Dict, args, timer: Timer) -> None:
     import torch
     from torch_geometric.nn import SGConv
     from pyg_lego.data.backends import knn_search
@@ -88,10 +123,8 @@ def measure_size(n: int, args, timer: Timer) -> Dict:
         two_hop_paths
 
     device, rep = timer.device, args.repeat
-    k, P, M, d = args.k, args.P, args.views, args.dim
-    views = make_views(n, M, d, device=device)
+    n, k, P, M, d = res['N'], args.k, args.P, args.views, args.dim
     xs = list(views.values())
-    res: Dict = {'N': n, 'P': P, 'time': {}, 'mem': {}, 'baseline': {}}
 
     t, mem, found = timer(lambda: {
         name: knn_search(x, k, backend=args.backend)
@@ -181,15 +214,22 @@ def measure_size(n: int, args, timer: Timer) -> Dict:
         lambda: dst.copy_(src), 3)[0] / 1e9
     del src, dst
 
-    # The whole pipeline per mode, as the library runs it: the graph build
-    # (kNN, pattern and scores), then the LEGO model, forward and backward.
+
+def measure_pipeline(res: Dict, views: Dict, args, timer: Timer,
+                     save: Callable[[Dict], None]) -> None:
+    r"""The whole pipeline per mode, as the library runs it: the graph
+    build (kNN, pattern and scores), then the LEGO model, forward and
+    backward; each run once."""
     from pyg_lego import LEGO, build_relation_graph
+    n, xs = res['N'], list(views.values())
     res['build_s'], res['mem']['build'], data = timer(
-        lambda: build_relation_graph(views, k=k, backend=args.backend,
+        lambda: build_relation_graph(views, k=args.k, backend=args.backend,
                                      recall_sample=0))
+    res['time']['build'] = res['build_s']
+    res['E'] = res['E'] or data.num_edges
     res['pipeline'] = {}
     for mode in MODES:
-        model = LEGO(list(views), P=P, mode=mode).to(device)
+        model = LEGO(list(views), P=args.P, mode=mode).to(timer.device)
         model.expansion.memory_budget = args.path_budget
 
         def run():
@@ -198,28 +238,37 @@ def measure_size(n: int, args, timer: Timer) -> Dict:
         t, mem, _ = timer(run)
         res['pipeline'][mode] = {'s': res['build_s'] + t, 'expansion_s': t,
                                  'mem': mem}
-    return res
+        print(f"N={n} pipeline {mode}: {res['pipeline'][mode]['s']:.1f} s",
+              flush=True)
+        save(res)
 
 
 def summarize(results: List[Dict]) -> Dict:
     rows = []
     for r in results:
         t, b = r['time'], r['baseline']
+        masked = t.get('masked_forward')
         rows.append({
             'N': r['N'], 'E': r['E'], 'paths': r['paths'],
             'knn_backend': r['knn_backend'],
-            'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'), t['knn']),
+            'knn_flop_rate_vs_matmul': ratio(b.get('knn_matmul'),
+                                             t.get('knn')),
             'masked_forward_order_vs_sparse_mm': ratio(
-                t['masked_forward'] / max(1, r['P'] - 1), b.get('sparse_mm')),
-            'propagated_vs_sgconv': ratio(t['propagated_forward'],
-                                          b['sgconv']),
-            **{f'pipeline_{m}_s': r['pipeline'][m]['s'] for m in MODES},
+                masked and masked / max(1, r['P'] - 1), b.get('sparse_mm')),
+            'propagated_vs_sgconv': ratio(t.get('propagated_forward'),
+                                          b.get('sgconv')),
+            **{f'pipeline_{m}_s': r['pipeline'].get(m, {}).get('s')
+               for m in MODES},
         })
     sizes = [r['N'] for r in results]
-    slopes = {s: {'time': slope(sizes, [r['time'][s] for r in results]),
-                  'mem': slope(sizes, [r['mem'][s] for r in results])}
-              for s in STAGES}
+    slopes = {s: {'time': slope(sizes, [r['time'].get(s) for r in results]),
+                  'mem': slope(sizes, [r['mem'].get(s) for r in results])}
+              for s in (*STAGES, 'build')}
     return {'rows': rows, 'slopes': slopes}
+
+
+def mib(nbytes):
+    return None if nbytes is None else nbytes / 2**20
 
 
 def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
@@ -228,12 +277,13 @@ def markdown(results: List[Dict], summary: Dict, meta: Dict) -> str:
              f"{meta['dim']}; sizes skipped for the time budget: "
              f"{meta['skipped'] or 'none'}.", '',
              '### Time (s) per stage, forward and backward', '']
-    lines += md_table(['N', '|E|', '#paths', *STAGES], [
+    stages = (*STAGES, 'build')
+    lines += md_table(['N', '|E|', '#paths', *stages], [
         [r['N'], r['E'], fmt(r['paths'])] +
-        [fmt(r['time'][s], 3) for s in STAGES] for r in results])
+        [fmt(r['time'].get(s), 3) for s in stages] for r in results])
     lines += ['', '### Peak memory growth (MiB) per stage', '']
-    lines += md_table(['N', *STAGES], [
-        [r['N']] + [fmt(r['mem'][s] / 2**20, 1) for s in STAGES]
+    lines += md_table(['N', *stages], [
+        [r['N']] + [fmt(mib(r['mem'].get(s)), 1) for s in stages]
         for r in results])
     lines += summary_tables(summary, 'Ratios against baselines, and the '
                             'whole pipeline per mode (build + expansion + '
@@ -259,6 +309,9 @@ def main(argv=None):
                         'masked power streams')
     p.add_argument('--budget-s', type=float, default=480.0,
                    help='skip a size whose estimated time exceeds this')
+    p.add_argument('--pipeline-only', action='store_true',
+                   help='only the whole pipeline per mode (the form of the '
+                        'time target), not every stage and its baselines')
     p.add_argument('--out', default=os.path.join(HERE, 'results'))
     args = p.parse_args(argv)
 
@@ -272,21 +325,28 @@ def main(argv=None):
     meta = {'device': str(timer.device), 'device_name': name,
             'torch': torch.__version__, 'k': args.k, 'P': args.P,
             'views': args.views, 'dim': args.dim, 'skipped': [],
-            'path_budget': args.path_budget}
+            'path_budget': args.path_budget,
+            'pipeline_only': args.pipeline_only}
     results, before = [], None
     os.makedirs(args.out, exist_ok=True)
     for n in sorted(args.sizes):
         if before is not None:
-            estimate = before[1] * (n / before[0])**2
+            estimate = estimate_s(before, n, args, timer.device)
             if estimate > args.budget_s:
                 meta['skipped'].append(f'{n} (estimated {estimate:.0f} s)')
                 continue
-        t = time.perf_counter()
+        t, partial = time.perf_counter(), []
+
+        def save(res: Dict) -> None:
+            partial[:] = [res]
+            write(args.out, results + partial, meta)
         try:
-            res = measure_size(n, args, timer)
+            res = measure_size(n, args, timer, save)
         except torch.cuda.OutOfMemoryError as e:
-            # The sizes before it stand; the larger ones would not fit.
+            # The sizes before it stand, and the modes of this one that
+            # finished; the larger ones would not fit.
             meta['skipped'].append(f'{n} (out of memory: {str(e)[:200]})')
+            results += partial
             break
         results.append(res)
         before = (n, time.perf_counter() - t)

@@ -24,5 +24,8 @@ def dense_at(dense, edge_index):
     return vals.movedim(-1, 0)
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                   reason='needs a CUDA device')
+def requires_cuda(test):
+    r"""Marks a test ``cuda`` (a session lent a GPU runs them alone with
+    ``pytest -m cuda``) and skips it where torch sees no CUDA device."""
+    return pytest.mark.cuda(pytest.mark.skipif(
+        not torch.cuda.is_available(), reason='needs a CUDA device')(test))

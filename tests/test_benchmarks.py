@@ -147,8 +147,8 @@ def test_locality_benchmark_on_a_saved_graph(tmp_path):
 
 
 @pytest.mark.parametrize('device', [
-    'cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason='needs CUDA'))])
+    'cpu', pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason='needs CUDA')])])
 def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
     run('--device', device, '--sizes', '300', '600', '100000', '--views',
         '2', '--dim', '8', '--k', '4', '--repeat', '1', '--budget-s', '1000',
@@ -174,6 +174,67 @@ def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
     md = (tmp_path / 'device.md').read_text()
     assert result['meta']['device_name'] in md
     assert '| 600 |' in md and 'Fitted log-log slopes' in md
+
+
+def test_device_benchmark_pipeline_only(tmp_path):
+    run('--device', 'cpu', '--sizes', '300', '--views', '2', '--dim', '8',
+        '--k', '4', '--pipeline-only', '--out', str(tmp_path),
+        script=DEVICE)
+    result = json.loads((tmp_path / 'device.json').read_text())
+    assert result['meta']['pipeline_only'] is True
+    (r,) = result['results']
+    assert set(r['time']) == {'build'} and r['time']['build'] == r['build_s']
+    assert r['baseline'] == {} and r['paths'] is None and r['E'] > 300
+    assert r['knn_backend'] == 'exact'
+    for mode in ('elementwise', 'masked', 'propagated'):
+        assert r['pipeline'][mode]['s'] > r['build_s'] > 0
+    (row,) = result['summary']['rows']
+    assert row['knn_flop_rate_vs_matmul'] is None
+    assert row['pipeline_masked_s'] == r['pipeline']['masked']['s']
+    md = (tmp_path / 'device.md').read_text()
+    assert '| 300 |' in md and 'n/a' in md
+
+
+def test_device_benchmark_estimates_by_backend():
+    spec = importlib.util.spec_from_file_location('device_bench', DEVICE)
+    device = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(device)
+
+    class Args:
+        dim, backend = 128, 'auto'
+    cpu = torch.device('cpu')
+    # Exact at both sizes: quadratic.
+    assert device.estimate_s((1000, 2.0), 4000, Args, cpu) == \
+        pytest.approx(2.0 * 16)
+    # Beyond the exact range (1e6 nodes of width 128 on the CPU): the
+    # approximate search and the rest grow about linearly.
+    assert device.resolved_backend(10**6, Args, cpu) != 'exact'
+    assert device.estimate_s((10**5, 10.0), 10**6, Args, cpu) == \
+        pytest.approx(10.0 * 10**1.15)
+    Args.backend = 'exact'
+    assert device.estimate_s((10**5, 10.0), 10**6, Args, cpu) == \
+        pytest.approx(10.0 * 100)
+
+
+@pytest.mark.slow
+def test_gpu_session_script_runs_each_step_under_its_limit(tmp_path):
+    env = dict(os.environ, DEVICE='cpu', STAGE_SIZES='300',
+               TARGET_SIZES='400', TARGET_S='1', OUT=str(tmp_path),
+               PATH=os.path.dirname(sys.executable) + os.pathsep +
+               os.environ['PATH'])
+    out = subprocess.run(['bash', os.path.join(ROOT, 'benchmarks',
+                                               'gpu_session.sh')],
+                         env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (tmp_path / 'session.log').read_text()
+    for step in ('device', 'tests', 'stages'):
+        assert f'== {step}: exit 0' in log, log[-3000:]
+    # The last step ran past its 1 s limit: stopped, and said so.
+    assert '== target: exit 124' in log
+    assert 'no GPU' in log
+    stages = json.loads((tmp_path / 'stages' / 'device.json').read_text())
+    assert [r['N'] for r in stages['results']] == [300]
 
 
 def test_device_benchmark_refuses_cuda_without_a_gpu(tmp_path):

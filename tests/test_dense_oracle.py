@@ -8,8 +8,9 @@ import torch
 from pyg_lego import LEGO, build_relation_graph, dense
 from pyg_lego.data import GivenGraph, relation_scores
 from pyg_lego.nn import GraphPowerConv, LEGOFusion
+from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET
 
-from .conftest import dense_at, random_views
+from .conftest import dense_at, random_views, requires_cuda
 
 # 'masked' runs the default kernel (numba where installed), 'masked:torch'
 # the torch one.
@@ -67,40 +68,71 @@ def test_expansion_matches_dense(case, mode, dtype):
                          .format(**c))
 def test_lego_forward_and_gradients_match_dense(case, mode, kind, rank,
                                                 dtype):
-    mode, _, kernel = mode.partition(':')
+    _lego_against_dense(case, mode, kind, rank, dtype, 'cpu')
+
+
+@requires_cuda
+@pytest.mark.parametrize('mode', ['elementwise', 'masked',
+                                  'masked:streamed', 'propagated'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('case', [
+    dict(n=40, m=2, P=3, k=6, self_loops=True, seed=1),
+    dict(n=25, m=3, P=2, k=24, self_loops=False, seed=2),  # complete
+    dict(n=60, m=1, P=4, k=3, self_loops=True, seed=3)],
+    ids=lambda c: 'n{n}-m{m}-P{P}-k{k}-sl{self_loops}'.format(**c))
+def test_cuda_matches_dense(case, mode, dtype):
+    # The whole pipeline on the GPU: graph build, scores, expansion (the
+    # masked power by its stored index, or streamed), fusion, gradients.
+    _lego_against_dense(case, mode, 'polynomial', None, dtype, 'cuda')
+
+
+def _lego_against_dense(case, mode, kind, rank, dtype, device):
+    mode, _, variant = mode.partition(':')
+    kernel = variant if variant in ('torch', 'numba') else 'auto'
     widths = [4 + i for i in range(case['m'])]
     views = random_views(case['n'], widths, dtype, case['seed'])
     names = list(views)
-    data = build_relation_graph(views, k=case['k'],
+    on_device = {n: v.to(device) for n, v in views.items()}
+    data = build_relation_graph(on_device, k=case['k'],
                                 self_loops=case['self_loops'])
-    mask, _ = _check_pattern(data, views, case['k'], case['self_loops'])
+    assert data.edge_index.device.type == device
+    mask, _ = _check_pattern(data.to('cpu'), views, case['k'],
+                             case['self_loops'])
 
     model = LEGO(names, P=case['P'], mode=mode, fusion=kind, rank=rank,
-                 out_channels=2, kernel=kernel or 'auto').to(dtype)
-    leaves = {n: v.clone().requires_grad_() for n, v in views.items()}
+                 out_channels=2, kernel=kernel,
+                 memory_budget=0 if variant == 'streamed' else
+                 DEFAULT_PATH_BUDGET).to(dtype)
+    ref_weight = model.fusion.weight.detach().clone()
+    model = model.to(device)
+    leaves = {n: v.clone().requires_grad_() for n, v in on_device.items()}
     edge_attr = relation_scores(leaves, data.edge_index)
     out = model(data.edge_index, edge_attr, xs=list(leaves.values()))
-    weights = torch.randn_like(out)
-    (out * weights).sum().backward()
+    assert out.device.type == device
+    weights = torch.randn(out.shape, dtype=dtype)
+    (out * weights.to(device)).sum().backward()
     grads = [leaves[n].grad for n in names] + [model.fusion.weight.grad]
 
+    model = model.cpu()
+    assert torch.equal(model.fusion.weight, ref_weight)
     model.zero_grad()
+    ei = data.edge_index.cpu()
     dleaves = {n: v.clone().requires_grad_() for n, v in views.items()}
     _, r = dense.relation_graph(dleaves, case['k'],
                                 self_loops=case['self_loops'])
     powers = dense.graph_powers(r, mask, case['P'], mode,
                                 xs=list(dleaves.values()))
     g = dense.fuse(powers, model.fusion)  # [C, N, N]
-    ref = g[:, data.edge_index[0], data.edge_index[1]].t()
-    assert torch.allclose(out, ref, **TOL[dtype])
+    ref = g[:, ei[0], ei[1]].t()
+    assert torch.allclose(out.cpu(), ref, **TOL[dtype])
     assert bool((g * ~mask).eq(0).all())
     (ref * weights).sum().backward()
     dgrads = [dleaves[n].grad for n in names] + [model.fusion.weight.grad]
-    for leaf, a, b in zip(list(leaves.values()) + [model.fusion.weight],
+    for leaf, a, b in zip(list(dleaves.values()) + [model.fusion.weight],
                           grads, dgrads):
         # No gradient at all when the output does not depend on the leaf
         # (e.g. P = 0 without self-loops): both sides must agree on that too.
-        a = torch.zeros_like(leaf) if a is None else a
+        a = torch.zeros_like(leaf) if a is None else a.cpu()
         b = torch.zeros_like(leaf) if b is None else b
         assert torch.allclose(a, b, **TOL[dtype])
 

@@ -11,6 +11,8 @@ import torch
 
 from pyg_lego.training import distributed
 
+from .conftest import requires_cuda
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GNN_ARGS = ['gnn', '--nodes', '600', '--k', '5', '--epochs', '2',
             '--batch-size', '64', '--hidden', '16', '--neighbors', '-1', '-1',
@@ -130,7 +132,7 @@ def test_global_batch_must_split_evenly(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@requires_cuda
 def test_nccl_on_one_gpu_matches_cpu(tmp_path):
     cpu = torchrun(1, GNN_ARGS + ['--backend', 'gloo', '--out',
                                   str(tmp_path / 'cpu')])
@@ -143,6 +145,7 @@ def test_nccl_on_one_gpu_matches_cpu(tmp_path):
         assert torch.allclose(w1[key], w2[key], atol=1e-8), key
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2,
                     reason='needs two CUDA devices')
 def test_two_gpus_with_nccl_agree_with_one(tmp_path):
