@@ -178,7 +178,8 @@ def _faiss_search(x: Tensor, k: int, similarity: str, kind: str,
         z = z.cpu()
     gen = torch.Generator().manual_seed(int(options.get('seed', 0)))
     if kind == 'ivf':
-        train = torch.randperm(n, generator=gen)[:IVF_TRAIN_PER_LIST * nlist]
+        train = torch.randperm(n, generator=gen, device='cpu')[
+            :IVF_TRAIN_PER_LIST * nlist]
         index.train(z[train.to(z.device)])
     index.add(z)
 
@@ -239,7 +240,8 @@ def _tune(settings: dict, knob: str, limit: int, floor: int, options: dict,
         raise ValueError(f"knn_options['tune_sample'] must be >= 1, got "
                          f"{size}")
     tune = torch.Generator().manual_seed(int(options.get('seed', 0)) + 1)
-    sample = torch.randperm(z.size(0), generator=tune)[:size].to(z.device)
+    sample = torch.randperm(z.size(0), generator=tune, device='cpu')[:size] \
+        .to(z.device)
     exact = _exact_sample(z, sample, k, similarity)
 
     def recall() -> float:
@@ -413,7 +415,8 @@ def knn_recall(approx_edge_index: Tensor, x: Tensor, k: int,
     if sample < 1:
         raise ValueError(f"sample must be >= 1, got {sample}")
     gen = torch.Generator().manual_seed(seed)
-    nodes = torch.randperm(n, generator=gen)[:sample].to(x.device)
+    nodes = torch.randperm(n, generator=gen, device='cpu')[:sample] \
+        .to(x.device)
     exact = _exact_sample(prepare(x.detach(), similarity), nodes, k,
                           similarity)
     want = (nodes.unsqueeze(1) * n + exact).view(-1)

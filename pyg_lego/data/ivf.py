@@ -53,7 +53,8 @@ class TorchIVF:
         self.z = prepare(x.detach(), similarity)
         self.sq = (self.z * self.z).sum(-1) if similarity == 'rbf' else None
         gen = torch.Generator().manual_seed(seed)
-        train = torch.randperm(n, generator=gen)[:TRAIN_PER_LIST * nlist]
+        train = torch.randperm(n, generator=gen, device='cpu')[
+            :TRAIN_PER_LIST * nlist]
         train = train.to(x.device)
         points = self.z[train]
         centroids = points[:nlist].clone()

@@ -431,7 +431,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
     check_gamma(gamma)
     n_id = None
     if similarity == 'cosine' and zero_rows == 'drop':
-        zero = torch.zeros(num_nodes, dtype=torch.bool)
+        zero = torch.zeros(num_nodes, dtype=torch.bool, device='cpu')
         for v in views.values():
             if not isinstance(v, GivenGraph):
                 zero[zero_norm_rows(v).cpu()] = True

@@ -112,7 +112,8 @@ class CSRPattern:
         r"""The :math:`(N_{rows}, N_{cols})` CSR matrix carrying
         :obj:`values` :math:`(|\mathcal{E}|,)`."""
         return torch.sparse_csr_tensor(self.crow, self.col_ids, values,
-                                       self.shape, check_invariants=False)
+                                       self.shape, device=values.device,
+                                       check_invariants=False)
 
     def transpose(self) -> Tuple[Tensor, Tensor, Tensor, bool]:
         r"""The transposed pattern, computed once: the permutation from
@@ -141,6 +142,7 @@ class CSRPattern:
         perm, crow, col, _ = self.transpose()
         return torch.sparse_csr_tensor(crow, col, values[perm],
                                        (self.shape[1], self.shape[0]),
+                                       device=values.device,
                                        check_invariants=False)
 
     def symmetrized(self, values: Tensor) -> Tensor:

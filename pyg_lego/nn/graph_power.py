@@ -536,6 +536,7 @@ class MaskedPower(torch.autograd.Function):
         a_t = a.t().contiguous()
         mats = [torch.sparse_csr_tensor(rowptr, col, a_m[second],
                                         (num_edges, num_edges),
+                                        device=a.device,
                                         check_invariants=False)
                 for a_m in a_t]
         orders = [a_t]

@@ -170,5 +170,5 @@ def locality_order(edge_index: Tensor, num_nodes: int, dim: int = 8,
 
 def _inverse(perm: Tensor) -> Tensor:
     inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel())
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
     return inv

@@ -577,10 +577,10 @@ def enumerate_paths(pattern: Pattern, max_paths: Optional[int] = None
     if max_paths is not None and total > max_paths:
         return None
     ids = id_dtype(num_edges, total)
-    ptr = torch.zeros(num_edges + 1, dtype=ids)
+    ptr = torch.zeros(num_edges + 1, dtype=ids, device='cpu')
     torch.cumsum(torch.from_numpy(count), 0, out=ptr[1:])
-    first = torch.empty(total, dtype=ids)
-    second = torch.empty(total, dtype=ids)
+    first = torch.empty(total, dtype=ids, device='cpu')
+    second = torch.empty(total, dtype=ids, device='cpu')
     cursor = ptr[:-1].numpy().copy()
     _run(kernels.fill, pattern, rowptr, col, first.numpy(), second.numpy(),
          cursor)

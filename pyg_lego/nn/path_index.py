@@ -165,7 +165,8 @@ def _numba_paths(edge_index: Tensor, num_nodes: int,
     if found is None:
         return None
     ptr, first, second = found
-    closing = torch.repeat_interleave(torch.arange(edge_index.size(1)),
+    closing = torch.repeat_interleave(torch.arange(edge_index.size(1),
+                                                   device=ptr.device),
                                       ptr.diff().long(),
                                       output_size=first.numel())
     return torch.stack([first.long(), second.long(), closing])

@@ -1,20 +1,30 @@
-r"""No host round trip in the hot loops of the paths CUDA runs.
+r"""The torch code that CUDA runs, checked on the CPU.
 
-On a GPU, reading a value back to the host (``.item()``, ``bool(t)``,
-``.tolist()``, ``.cpu()``) or an op whose output size depends on the data
-(``nonzero``, boolean-mask indexing, ``unique``, ``bincount``) waits for
-every queued kernel. These tests count such calls on the CPU, where the same
-torch code runs, and check that their number does not grow with the number
-of blocks, lists, chunks or orders a stage loops over: a round trip added
-inside one of these loops fails here, without a GPU.
+No host round trip in the hot loops. On a GPU, reading a value back to the
+host (``.item()``, ``bool(t)``, ``.tolist()``, ``.cpu()``) or an op whose
+output size depends on the data (``nonzero``, boolean-mask indexing,
+``unique``, ``bincount``) waits for every queued kernel. These tests count
+such calls on the CPU, where the same torch code runs, and check that their
+number does not grow with the number of blocks, lists, chunks or orders a
+stage loops over: a round trip added inside one of these loops fails here,
+without a GPU.
+
+Every tensor made where its inputs are. Run with a default device of
+``'meta'``, the pipeline on CPU inputs fails on any tensor that a factory
+(``arange``, ``zeros``, ``randperm``, a sparse constructor) makes on the
+default device rather than on its inputs' device: on CUDA inputs that tensor
+would land on the CPU, and under a user's ``torch.set_default_device('cuda')``
+on the GPU beside CPU inputs.
 """
 from collections import Counter
 from typing import Dict, Tuple
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pyg_lego import build_relation_graph
+from pyg_lego import LEGO, build_relation_graph
+from pyg_lego.data import GivenGraph
 from pyg_lego.data.ivf import TorchIVF
 from pyg_lego.data.knn import exact_knn
 from pyg_lego.data.similarity import edge_reduce
@@ -182,3 +192,44 @@ def test_masked_orders_read_back_nothing_per_order(monkeypatch):
         counts.append(syncs(run)[0])
     assert 'numpy' not in counts[0]
     assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize('numba', [True, False])
+def test_every_tensor_is_made_where_its_inputs_are(monkeypatch, numba):
+    if not numba:  # the torch kernels, as on CUDA
+        monkeypatch.setattr(masked_numba, 'available', lambda: False)
+    views = random_views(300, [6, 4], dtype=torch.float32)
+    modes = [('elementwise', {}), ('masked', {}),
+             ('masked', {'memory_budget': 0}), ('propagated', {})]
+    models = [LEGO(list(views), P=3, mode=mode, out_channels=2, **kw)
+              for mode, kw in modes]
+
+    # A zero row dropped, and a given graph among the views.
+    zeroed = dict(views, v0=views['v0'].clone().index_fill_(0,
+                                                           torch.tensor(7),
+                                                           0.0))
+    ring = torch.arange(300)
+    given = GivenGraph(torch.stack([ring, (ring + 1) % 300]),
+                       torch.rand(300))
+
+    def pipeline():
+        outs = []
+        data = build_relation_graph({**zeroed, 'g': given}, k=5,
+                                    zero_rows='drop', backend='exact')
+        outs += [data.edge_index, data.edge_attr, data.n_id]
+        for backend in ('exact', 'torch-ivf'):
+            data = build_relation_graph(views, k=5, backend=backend)
+            outs += [data.edge_index, data.edge_attr]
+        for model in models:
+            attr = data.edge_attr.clone().requires_grad_(True)
+            out = model(data.edge_index, attr, xs=list(views.values()),
+                        num_nodes=data.num_nodes)
+            out.sum().backward()
+            outs += [out.detach(), attr.grad]
+        return outs
+    ref = pipeline()
+    with torch.device('meta'):
+        outs = pipeline()
+    assert all(o.device.type == 'cpu' for o in outs)
+    for a, b in zip(outs, ref):
+        assert torch.equal(a, b)
