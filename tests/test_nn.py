@@ -5,6 +5,7 @@ import torch
 from torch_geometric.nn import GraphConv
 
 from pyg_lego import LEGO, build_relation_graph, plot_coefficients
+from pyg_lego.data import relation_scores
 from pyg_lego.nn import (GraphPowerConv, LEGOFusion, PropagationHead,
                          two_hop_paths)
 
@@ -188,6 +189,33 @@ def test_lego_memory_budget_streams_the_masked_power(data):
     streamed.load_state_dict(stored.state_dict())
     assert streamed.expansion.memory_budget == 0
     assert torch.allclose(stored.fuse(data), streamed.fuse(data), atol=1e-12)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('mode,kw', [('elementwise', {}), ('masked', {}),
+                                     ('masked', {'memory_budget': 0}),
+                                     ('propagated', {})])
+def test_half_precision_runs_every_mode(dtype, mode, kw):
+    low = {n: v.to(dtype) for n, v in random_views(60, [5, 3]).items()}
+    data = build_relation_graph(low, k=6)
+    assert data.edge_attr.dtype == dtype
+    # Against float32 on the same features and edges (the kNN itself may
+    # pick other neighbours among near ties in half precision).
+    views = {n: v.float() for n, v in low.items()}
+    ref_attr = relation_scores(views, data.edge_index)
+    ref_model = LEGO(data.view_names, P=3, mode=mode, **kw)
+    ref = ref_model(data.edge_index, ref_attr, xs=list(views.values()))
+    model = LEGO(data.view_names, P=3, mode=mode, **kw).to(dtype)
+    model.load_state_dict(ref_model.state_dict())
+    attr = data.edge_attr.clone().requires_grad_(True)
+    out = model(data.edge_index, attr, xs=list(low.values()))
+    out.sum().backward()
+    assert out.dtype == attr.grad.dtype == dtype
+    # Half precision keeps 8 (bfloat16) to 11 bits of each score.
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-2
+    assert torch.allclose(data.edge_attr.float(), ref_attr, atol=tol)
+    assert torch.allclose(out.float(), ref, rtol=tol, atol=tol)
+    assert bool(torch.isfinite(attr.grad).all())
 
 
 def test_graph_space_head_norm():

@@ -102,7 +102,8 @@ class GraphPowerConv(MessagePassing):
             than 256 edges (else 4 or 8), and over the pattern itself,
             storing nothing, where it does not; needs the optional package
             numba), :obj:`"torch"` (sparse products over a stored path
-            index, or streamed chunks beyond :obj:`memory_budget`) or
+            index, or streamed chunks beyond :obj:`memory_budget`; for
+            float16/bfloat16 scores the sparse products run in float32) or
             :obj:`"auto"` (numba where it is installed, for float32/float64
             CPU tensors outside :func:`torch.compile`; torch otherwise, e.g.
             on CUDA). (default: :obj:`"auto"`)
@@ -391,8 +392,12 @@ class GraphPowerConv(MessagePassing):
                 orders.append(torch.zeros_like(a).index_add(
                     0, closing, orders[-1][first] * a_second))
         elif self.P >= 2:
-            orders.extend(MaskedPower.apply(a, sort_by_closing(paths), self.P)
-                          .unbind(-1))
+            # Sparse products exist for float32/64 only (MKL's on the CPU):
+            # half-precision scores are multiplied in float32, cast back.
+            wide = a if a.dtype in (torch.float32, torch.float64) else \
+                a.float()
+            orders.extend(MaskedPower.apply(wide, sort_by_closing(paths),
+                                            self.P).to(a.dtype).unbind(-1))
         return torch.stack(orders, dim=-1)
 
     def _propagated(self, edge_index: Tensor, edge_attr: Tensor,
