@@ -85,13 +85,16 @@ def measure_size(n: int, args, timer: Timer,
                  save: Callable[[Dict], None]) -> Dict:
     r"""One size: every stage and its baselines (unless
     :obj:`args.pipeline_only`), then the whole pipeline per mode;
-    :obj:`save` is given the partial result after each mode."""
+    :obj:`save` is given the partial result after the stages and after
+    each mode."""
     views = make_views(n, args.views, args.dim, device=timer.device)
     res: Dict = {'N': n, 'P': args.P, 'time': {}, 'mem': {},
                  'baseline': {}, 'E': None, 'paths': None,
-                 'knn_backend': resolved_backend(n, args, timer.device)}
+                 'knn_backend': resolved_backend(n, args, timer.device),
+                 'pipeline': {}}
     if not args.pipeline_only:
         measure_stages(res, views, args, timer)
+        save(res)
     measure_pipeline(res, views, args, timer, save)
     return res
 
@@ -227,7 +230,6 @@ def measure_pipeline(res: Dict, views: Dict, args, timer: Timer,
                                      recall_sample=0))
     res['time']['build'] = res['build_s']
     res['E'] = res['E'] or data.num_edges
-    res['pipeline'] = {}
     for mode in MODES:
         model = LEGO(list(views), P=args.P, mode=mode).to(timer.device)
         model.expansion.memory_budget = args.path_budget

@@ -195,10 +195,37 @@ def test_device_benchmark_pipeline_only(tmp_path):
     assert '| 300 |' in md and 'n/a' in md
 
 
-def test_device_benchmark_estimates_by_backend():
+def device_module():
     spec = importlib.util.spec_from_file_location('device_bench', DEVICE)
-    device = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(device)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_benchmark_keeps_the_modes_before_running_out_of_memory(
+        tmp_path, monkeypatch):
+    device = device_module()
+
+    def pipeline(res, views, args, timer, save):
+        res['build_s'] = res['time']['build'] = 1.0
+        res['E'] = 1000
+        res['pipeline']['elementwise'] = {'s': 2.0, 'expansion_s': 1.0,
+                                          'mem': 0}
+        save(res)
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory (a test)')
+    monkeypatch.setattr(device, 'measure_pipeline', pipeline)
+    device.main(['--device', 'cpu', '--sizes', '300', '600',
+                 '--pipeline-only', '--out', str(tmp_path)])
+    result = json.loads((tmp_path / 'device.json').read_text())
+    (r,) = result['results']
+    assert r['N'] == 300 and list(r['pipeline']) == ['elementwise']
+    (skipped,) = result['meta']['skipped']
+    assert skipped.startswith('300 (out of memory: CUDA out of memory')
+    assert result['summary']['rows'][0]['pipeline_masked_s'] is None
+
+
+def test_device_benchmark_estimates_by_backend():
+    device = device_module()
 
     class Args:
         dim, backend = 128, 'auto'
