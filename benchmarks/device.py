@@ -136,7 +136,7 @@ def measure_stages(res: Dict, views: Dict, args, timer: Timer) -> None:
     res['knn_backend'] = next(iter(found.values())).backend
     if res['knn_backend'] == 'exact':
         zs = [prepare(x, 'cosine') for x in xs]
-        rows = block_rows(n, 4)
+        rows = block_rows(n, 4, device=device)
 
         def matmuls():
             for z in zs:

@@ -215,6 +215,24 @@ def test_knn_block_rows_target_cache_within_budget():
     assert block_rows(10, 4) == 10
 
 
+def test_knn_blocks_on_cuda_take_the_gpu_budget_without_a_cache_bound():
+    from pyg_lego.data.knn import (DEFAULT_BLOCK_BYTES,
+                                   DEFAULT_GPU_BLOCK_BYTES, block_budget,
+                                   block_rows)
+    cuda = torch.device('cuda')  # a device type: no GPU needed
+    assert block_budget(None, cuda) == DEFAULT_GPU_BLOCK_BYTES
+    assert block_budget(None, 'cpu') == block_budget(None) == \
+        DEFAULT_BLOCK_BYTES
+    assert block_budget(5, cuda) == 5
+    n = 1_000_000
+    assert block_rows(n, 4, device=cuda) == \
+        DEFAULT_GPU_BLOCK_BYTES // (2 * 4 * n)  # 268 rows, not 32
+    assert block_rows(n, 4, device='cpu') == \
+        DEFAULT_BLOCK_BYTES // (2 * 4 * n)
+    assert block_rows(10_000, 4, device=cuda) == 10_000
+    assert block_rows(n, 4, memory_budget=2 * 4 * n * 3, device=cuda) == 3
+
+
 def test_exact_knn_blocks_agree_with_one_block():
     from pyg_lego.data.knn import exact_knn
     x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pyg_lego.data.ivf import KMEANS_ITERS, TorchIVF
-from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, exact_knn
+from pyg_lego.data.knn import block_budget, exact_knn
 from pyg_lego.data.similarity import check_similarity, knn_scores, prepare
 
 BACKENDS = ('auto', 'exact', 'torch-ivf', 'faiss', 'faiss-hnsw', 'faiss-ivf',
@@ -277,7 +277,8 @@ def _ivf_lists(n: int, options: dict) -> Tuple[int, int]:
 
 
 def _torch_ivf_search(x: Tensor, k: int, similarity: str, progress: bool,
-                      memory_budget: int, options: dict) -> KNNResult:
+                      memory_budget: Optional[int],
+                      options: dict) -> KNNResult:
     r"""The :class:`~pyg_lego.data.ivf.TorchIVF` search, its
     :obj:`nprobe` tuned to the recall target as faiss IVF's is."""
     nlist, nprobe = _ivf_lists(x.size(0), options)
@@ -288,7 +289,8 @@ def _torch_ivf_search(x: Tensor, k: int, similarity: str, progress: bool,
         raise ValueError(f"knn_options['nprobe'] must be >= 1, got {nprobe}")
     index = TorchIVF(x, nlist, similarity,
                      int(options.get('iters', KMEANS_ITERS)),
-                     int(options.get('seed', 0)), memory_budget)
+                     int(options.get('seed', 0)),
+                     block_budget(memory_budget, x.device))
     settings = {'nlist': nlist, 'nprobe': nprobe}
     _tune(settings, 'nprobe', nlist, 1, options, index.z, k, similarity,
           lambda sample: index.search(sample, k + 1, settings['nprobe'])[1])
@@ -321,7 +323,7 @@ def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
 
 def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
                backend: str = 'auto',
-               memory_budget: int = DEFAULT_BLOCK_BYTES,
+               memory_budget: Optional[int] = None,
                progress: bool = False,
                options: Optional[dict] = None) -> KNNResult:
     r"""The :obj:`k` nearest neighbours of every row of :obj:`x` under
@@ -341,7 +343,8 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
             a CUDA tensor and faiss was built with GPU support.
             (default: :obj:`"auto"`)
         memory_budget (int, optional): Bytes for one block of scores
-            (exact and :obj:`"torch-ivf"`).
+            (exact and :obj:`"torch-ivf"`). (default: 256 MiB on the CPU,
+            2 GiB on CUDA)
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         options (dict, optional): Index settings: :obj:`M`,
             :obj:`ef_construction`, :obj:`ef_search` (HNSW, defaults 32, 80,

@@ -11,8 +11,12 @@ from torch import Tensor
 
 from pyg_lego.data.similarity import knn_scores, prepare
 
-#: Default memory budget of one score block, in bytes.
+#: Default memory budget of one score block on the CPU, in bytes.
 DEFAULT_BLOCK_BYTES = 256 * 2**20
+
+#: The same on CUDA, where larger products use the device better and no
+#: cache size bounds a block (at N = 1M, 256 MiB held 32 query rows).
+DEFAULT_GPU_BLOCK_BYTES = 2 * 2**30
 
 
 #: Score block size that the top-k still reads from cache after the product
@@ -26,17 +30,32 @@ MIN_BLOCK_ROWS = 64
 TOPK_GROUP = 64
 
 
+def block_budget(memory_budget: Optional[int],
+                 device: Optional[torch.device] = None) -> int:
+    r""":obj:`memory_budget`, or the default of :obj:`device`:
+    :data:`DEFAULT_GPU_BLOCK_BYTES` on CUDA, else
+    :data:`DEFAULT_BLOCK_BYTES`."""
+    if memory_budget is not None:
+        return memory_budget
+    cuda = device is not None and torch.device(device).type == 'cuda'
+    return DEFAULT_GPU_BLOCK_BYTES if cuda else DEFAULT_BLOCK_BYTES
+
+
 def block_rows(num_nodes: int, element_size: int,
-               memory_budget: int = DEFAULT_BLOCK_BYTES) -> int:
-    r"""Number of query rows per block: about :obj:`CACHE_BLOCK_BYTES` of
-    scores (at least :obj:`MIN_BLOCK_ROWS` rows), within
-    :obj:`memory_budget`.
+               memory_budget: Optional[int] = None,
+               device: Optional[torch.device] = None) -> int:
+    r"""Number of query rows per block on :obj:`device` (the CPU by
+    default), within :obj:`memory_budget` (:func:`block_budget`); on the
+    CPU also about :obj:`CACHE_BLOCK_BYTES` of scores (at least
+    :obj:`MIN_BLOCK_ROWS` rows).
 
     A block costs its score matrix plus the top-k workspace, about twice
     ``rows x N`` elements.
     """
     row_bytes = max(1, num_nodes * element_size)
-    fit = memory_budget // (2 * row_bytes)
+    fit = block_budget(memory_budget, device) // (2 * row_bytes)
+    if device is not None and torch.device(device).type == 'cuda':
+        return max(1, min(num_nodes, fit))
     cached = max(MIN_BLOCK_ROWS, CACHE_BLOCK_BYTES // row_bytes)
     return max(1, min(num_nodes, fit, cached))
 
@@ -69,7 +88,7 @@ def block_topk(s: Tensor, k: int, group: int = TOPK_GROUP) -> Tensor:
 
 
 def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
-              memory_budget: int = DEFAULT_BLOCK_BYTES,
+              memory_budget: Optional[int] = None,
               progress: bool = False, return_scores: bool = False
               ) -> Union[Tensor, Tuple[Tensor, Optional[Tensor]]]:
     r"""Directed kNN edges ``i -> j`` (``j`` among the :obj:`k` nodes most
@@ -82,6 +101,7 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             :obj:`"rbf"` (nearest in Euclidean distance).
             (default: :obj:`"cosine"`)
         memory_budget (int, optional): Bytes for one block of scores.
+            (default: 256 MiB on the CPU, 2 GiB on CUDA)
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         return_scores (bool, optional): Also return the similarity of each
             edge :math:`(N k,)` (:obj:`None` for :obj:`"rbf"`, whose blocks
@@ -98,7 +118,8 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
     with torch.no_grad():
         z = prepare(x.detach(), similarity)
         sq_norms = (z * z).sum(-1) if similarity == 'rbf' else None
-        rows = block_rows(num_nodes, z.element_size(), memory_budget)
+        rows = block_rows(num_nodes, z.element_size(), memory_budget,
+                          x.device)
         cols = torch.empty(num_nodes, k, dtype=torch.long, device=x.device)
         keep = return_scores and similarity != 'rbf'
         scores = z.new_empty(num_nodes, k) if keep else None

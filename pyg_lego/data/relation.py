@@ -12,7 +12,7 @@ from torch_geometric.data import Batch, Data
 
 from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
                                     knn_recall, knn_search)
-from pyg_lego.data.knn import DEFAULT_BLOCK_BYTES, complete_edges
+from pyg_lego.data.knn import complete_edges
 from pyg_lego.data.similarity import (check_similarity, csr_pattern,
                                       edge_similarity, id_dtype,
                                       resolve_score_map, reuses_work)
@@ -195,7 +195,7 @@ def _symmetric_given(g: GivenGraph, num_nodes: int, dtype: torch.dtype):
 
 def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
                 self_loops: bool = True, num_nodes: Optional[int] = None,
-                memory_budget: int = DEFAULT_BLOCK_BYTES,
+                memory_budget: Optional[int] = None,
                 progress: bool = False, backend: str = 'auto',
                 knn_options: Optional[dict] = None) -> Tensor:
     r"""The shared edge pattern :math:`\mathcal{E}`: the union over views of
@@ -355,7 +355,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
                          gamma: Optional[float] = None, self_loops: bool = True,
                          zero_rows: str = 'error',
                          num_nodes: Optional[int] = None,
-                         memory_budget: int = DEFAULT_BLOCK_BYTES,
+                         memory_budget: Optional[int] = None,
                          progress: bool = False, backend: str = 'auto',
                          knn_options: Optional[dict] = None,
                          recall_sample: int = 1000) -> RelationData:
@@ -402,6 +402,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         num_nodes (int, optional): :math:`N`; needed only when every view is
             a given graph.
         memory_budget (int, optional): Bytes for one block of kNN scores.
+            (default: 256 MiB on the CPU, 2 GiB on CUDA)
         progress (bool, optional): Progress bar for the kNN search.
         backend (str, optional): kNN search: :obj:`"exact"`,
             :obj:`"torch-ivf"`, :obj:`"faiss"`, :obj:`"faiss-hnsw"`,
