@@ -150,6 +150,17 @@ def test_ivf_tuning_stops_at_an_exhaustive_search(backend):
     assert res.settings['tuned_recall'] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize('similarity', ['cosine', 'rbf'])
+def test_exact_sample_in_blocks_equals_one_block(monkeypatch, similarity):
+    z = prepare(clustered(500, 8), similarity)
+    nodes = torch.randperm(500)[:100]
+    whole = backends._exact_sample(z, nodes, 6, similarity)
+    monkeypatch.setattr(backends, 'block_rows', lambda *a, **kw: 7)
+    assert torch.equal(backends._exact_sample(z, nodes, 6, similarity),
+                       whole)
+    assert bool((whole != nodes.unsqueeze(1)).all())  # never itself
+
+
 def test_tuning_sample_must_not_be_empty():
     pytest.importorskip('faiss')
     with pytest.raises(ValueError, match='tune_sample'):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pyg_lego.data.ivf import KMEANS_ITERS, TorchIVF
-from pyg_lego.data.knn import block_budget, exact_knn
+from pyg_lego.data.knn import block_budget, block_rows, exact_knn
 from pyg_lego.data.similarity import check_similarity, knn_scores, prepare
 
 BACKENDS = ('auto', 'exact', 'torch-ivf', 'faiss', 'faiss-hnsw', 'faiss-ivf',
@@ -127,12 +127,20 @@ def _drop_self(ids: Tensor, sims: Tensor, k: int):
 def _exact_sample(z: Tensor, nodes: Tensor, k: int,
                   similarity: str) -> Tensor:
     r"""Exact :obj:`k` nearest neighbours :math:`(|S|, k)` of the sampled
-    :obj:`nodes` among the (prepared) rows of :obj:`z`."""
+    :obj:`nodes` among the (prepared) rows of :obj:`z`, in blocks of
+    sampled rows as the exact search takes them (1000 rows of scores at
+    N = 10M would be 40 GB)."""
+    rows = block_rows(z.size(0), z.element_size(), device=z.device)
     with torch.no_grad():
         sq = (z * z).sum(-1) if similarity == 'rbf' else None
-        s = knn_scores(z[nodes], z, similarity, sq)
-        s[torch.arange(nodes.numel(), device=z.device), nodes] = float('-inf')
-        return s.topk(k, dim=1).indices
+        found = []
+        for start in range(0, nodes.numel(), rows):
+            q = nodes[start:start + rows]
+            s = knn_scores(z[q], z, similarity, sq)
+            s[torch.arange(q.numel(), device=z.device), q] = float('-inf')
+            found.append(s.topk(k, dim=1).indices)
+        return torch.cat(found) if found else \
+            torch.empty(0, k, dtype=torch.long, device=z.device)
 
 
 def _sample_recall(exact: Tensor, found: Tensor, nodes: Tensor) -> float:
