@@ -28,7 +28,8 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, logged
     shift 2
     echo "== $name (limit ${limit}s): $*" | tee -a "$log"
     local start=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tail -n 40 | tee -a "$log"
+    # All of it to the log; its end to the console (the tool's reply).
+    timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 40
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - start))s" | tee -a "$log"
 }
@@ -38,8 +39,8 @@ step device 60 python3 -c "import torch, torch_geometric, platform; \
 print(platform.python_version(), 'torch', torch.__version__, 'pyg', \
 torch_geometric.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-step tests "${TESTS_S:-120}" python3 -m pytest -q -m cuda \
-    -p no:cacheprovider tests
+step tests "${TESTS_S:-120}" python3 -m pytest -q -rs -m cuda \
+    --continue-on-collection-errors -p no:cacheprovider tests
 step stages "${STAGES_S:-180}" python3 benchmarks/device.py \
     --device "$device" --sizes ${STAGE_SIZES:-1000000} --repeat 1 \
     --path-budget 32000000000 --out "$out/stages"
