@@ -215,11 +215,17 @@ def test_knn_block_rows_target_cache_within_budget():
     assert block_rows(10, 4) == 10
 
 
-def test_knn_blocks_on_cuda_take_the_gpu_budget_without_a_cache_bound():
+def test_knn_blocks_on_cuda_take_the_gpu_budget_without_a_cache_bound(
+        monkeypatch):
+    from types import SimpleNamespace
     from pyg_lego.data.knn import (DEFAULT_BLOCK_BYTES,
                                    DEFAULT_GPU_BLOCK_BYTES, block_budget,
                                    block_rows)
     cuda = torch.device('cuda')  # a device type: no GPU needed
+    memory = {'total': 141 * 2**30}  # an H200's
+    monkeypatch.setattr(torch.cuda, 'get_device_properties',
+                        lambda device: SimpleNamespace(
+                            total_memory=memory['total']))
     assert block_budget(None, cuda) == DEFAULT_GPU_BLOCK_BYTES
     assert block_budget(None, 'cpu') == block_budget(None) == \
         DEFAULT_BLOCK_BYTES
@@ -231,6 +237,9 @@ def test_knn_blocks_on_cuda_take_the_gpu_budget_without_a_cache_bound():
         DEFAULT_BLOCK_BYTES // (2 * 4 * n)
     assert block_rows(10_000, 4, device=cuda) == 10_000
     assert block_rows(n, 4, memory_budget=2 * 4 * n * 3, device=cuda) == 3
+    # A smaller GPU: a sixteenth of its memory.
+    memory['total'] = 8 * 2**30
+    assert block_budget(None, cuda) == 2**29
 
 
 def test_exact_knn_blocks_agree_with_one_block():

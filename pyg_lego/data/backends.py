@@ -351,8 +351,8 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
             a CUDA tensor and faiss was built with GPU support.
             (default: :obj:`"auto"`)
         memory_budget (int, optional): Bytes for one block of scores
-            (exact and :obj:`"torch-ivf"`). (default: 256 MiB on the CPU,
-            2 GiB on CUDA)
+            (exact and :obj:`"torch-ivf"`). (default: 256 MiB on the CPU; on
+            CUDA a sixteenth of the device's memory, at most 2 GiB)
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         options (dict, optional): Index settings: :obj:`M`,
             :obj:`ef_construction`, :obj:`ef_search` (HNSW, defaults 32, 80,

@@ -14,8 +14,9 @@ from pyg_lego.data.similarity import knn_scores, prepare
 #: Default memory budget of one score block on the CPU, in bytes.
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 
-#: The same on CUDA, where larger products use the device better and no
-#: cache size bounds a block (at N = 1M, 256 MiB held 32 query rows).
+#: The most the default takes on CUDA, where larger products use the device
+#: better and no cache size bounds a block (at N = 1M, 256 MiB held 32 query
+#: rows); see :func:`block_budget`.
 DEFAULT_GPU_BLOCK_BYTES = 2 * 2**30
 
 
@@ -32,13 +33,18 @@ TOPK_GROUP = 64
 
 def block_budget(memory_budget: Optional[int],
                  device: Optional[torch.device] = None) -> int:
-    r""":obj:`memory_budget`, or the default of :obj:`device`:
-    :data:`DEFAULT_GPU_BLOCK_BYTES` on CUDA, else
+    r""":obj:`memory_budget`, or the default of :obj:`device`: on CUDA a
+    sixteenth of the device's memory, at most
+    :data:`DEFAULT_GPU_BLOCK_BYTES` (so that a block and its top-k
+    workspace stay a small share of a smaller GPU), else
     :data:`DEFAULT_BLOCK_BYTES`."""
     if memory_budget is not None:
         return memory_budget
-    cuda = device is not None and torch.device(device).type == 'cuda'
-    return DEFAULT_GPU_BLOCK_BYTES if cuda else DEFAULT_BLOCK_BYTES
+    device = torch.device('cpu' if device is None else device)
+    if device.type != 'cuda':
+        return DEFAULT_BLOCK_BYTES
+    total = torch.cuda.get_device_properties(device).total_memory
+    return min(DEFAULT_GPU_BLOCK_BYTES, total // 16)
 
 
 def block_rows(num_nodes: int, element_size: int,
@@ -101,7 +107,8 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
             :obj:`"rbf"` (nearest in Euclidean distance).
             (default: :obj:`"cosine"`)
         memory_budget (int, optional): Bytes for one block of scores.
-            (default: 256 MiB on the CPU, 2 GiB on CUDA)
+            (default: 256 MiB on the CPU; on CUDA a sixteenth of the
+            device's memory, at most 2 GiB)
         progress (bool, optional): Show a progress bar. (default: :obj:`False`)
         return_scores (bool, optional): Also return the similarity of each
             edge :math:`(N k,)` (:obj:`None` for :obj:`"rbf"`, whose blocks

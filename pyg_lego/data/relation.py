@@ -402,7 +402,8 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         num_nodes (int, optional): :math:`N`; needed only when every view is
             a given graph.
         memory_budget (int, optional): Bytes for one block of kNN scores.
-            (default: 256 MiB on the CPU, 2 GiB on CUDA)
+            (default: 256 MiB on the CPU; on CUDA a sixteenth of the
+            device's memory, at most 2 GiB)
         progress (bool, optional): Progress bar for the kNN search.
         backend (str, optional): kNN search: :obj:`"exact"`,
             :obj:`"torch-ivf"`, :obj:`"faiss"`, :obj:`"faiss-hnsw"`,
