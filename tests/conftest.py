@@ -24,8 +24,15 @@ def dense_at(dense, edge_index):
     return vals.movedim(-1, 0)
 
 
+#: The marks of a test that needs CUDA: ``cuda`` (a session lent a GPU
+#: runs them alone with ``pytest -m cuda``), and skipped where torch sees
+#: no CUDA device. For ``pytest.param(..., marks=CUDA)``.
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                             reason='needs a CUDA device')]
+
+
 def requires_cuda(test):
-    r"""Marks a test ``cuda`` (a session lent a GPU runs them alone with
-    ``pytest -m cuda``) and skips it where torch sees no CUDA device."""
-    return pytest.mark.cuda(pytest.mark.skipif(
-        not torch.cuda.is_available(), reason='needs a CUDA device')(test))
+    r"""Marks a test with :data:`CUDA`."""
+    for mark in CUDA:
+        test = mark(test)
+    return test

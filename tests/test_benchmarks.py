@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from .conftest import CUDA
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = os.path.join(ROOT, 'benchmarks', 'scale.py')
 DEVICE = os.path.join(ROOT, 'benchmarks', 'device.py')
@@ -147,8 +149,7 @@ def test_locality_benchmark_on_a_saved_graph(tmp_path):
 
 
 @pytest.mark.parametrize('device', [
-    'cpu', pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason='needs CUDA')])])
+    'cpu', pytest.param('cuda', marks=CUDA)])
 def test_device_benchmark_writes_every_stage_and_mode(tmp_path, device):
     run('--device', device, '--sizes', '300', '600', '100000', '--views',
         '2', '--dim', '8', '--k', '4', '--repeat', '1', '--budget-s', '1000',

@@ -7,7 +7,8 @@ output size depends on the data (``nonzero``, boolean-mask indexing,
 such calls on the CPU, where the same torch code runs, and check that their
 number does not grow with the number of blocks, lists, chunks or orders a
 stage loops over: a round trip added inside one of these loops fails here,
-without a GPU.
+without a GPU. Where a GPU is present, the same tests count the
+synchronisations CUDA itself reports (``torch.cuda.set_sync_debug_mode``).
 
 Every tensor made where its inputs are. Run with a default device of
 ``'meta'``, the pipeline on CPU inputs fails on any tensor that a factory
@@ -16,6 +17,7 @@ default device rather than on its inputs' device: on CUDA inputs that tensor
 would land on the CPU, and under a user's ``torch.set_default_device('cuda')``
 on the GPU beside CPU inputs.
 """
+import warnings
 from collections import Counter
 from typing import Dict, Tuple
 
@@ -32,7 +34,7 @@ from pyg_lego.nn import GraphPowerConv, masked_numba, relation_norm
 from pyg_lego.nn.graph_power import StreamedMaskedPower
 from pyg_lego.nn.path_index import PathPlan, _torch_paths
 
-from .conftest import random_views
+from .conftest import CUDA, random_views
 
 #: Tensor methods and torch functions that read values back to the host.
 READS = {'item', 'tolist', 'numpy', 'cpu', '__bool__', '__int__',
@@ -77,29 +79,66 @@ class HostSyncs(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@pytest.fixture(params=['cpu', pytest.param('cuda', marks=CUDA)])
+def device(request) -> str:
+    return request.param
+
+
 def syncs(fn, *args, **kwargs) -> Tuple[Dict[str, int], object]:
-    with HostSyncs() as mode:
-        out = fn(*args, **kwargs)
-    return dict(mode.calls), out
+    r"""The host round trips of :obj:`fn` by op name (CPU tensors), or
+    CUDA's own count of synchronisations as :obj:`{'sync': n}` (CUDA
+    tensors, told by an input tensor; none counts as :obj:`{}`), and what
+    :obj:`fn` returns."""
+    inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+    if not any(a.is_cuda for a in inputs) and not _cuda_closure(fn):
+        with HostSyncs() as mode:
+            out = fn(*args, **kwargs)
+        return dict(mode.calls), out
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    count = sum('synchroniz' in str(w.message) for w in caught)
+    return ({'sync': count} if count else {}), out
 
 
-def test_the_counter_sees_host_reads():
-    x = torch.arange(6.)
+def _cuda_closure(fn) -> bool:
+    r"""Whether :obj:`fn` closes over a CUDA tensor or module."""
+    cells = [c.cell_contents for c in (getattr(fn, '__closure__', None)
+                                       or ())]
+    return any((torch.is_tensor(c) and c.is_cuda) or
+               (isinstance(c, torch.nn.Module) and
+                any(b.is_cuda for b in c.buffers())) for c in cells)
+
+
+def total(calls: Dict[str, int]) -> int:
+    return sum(calls.values())
+
+
+def test_the_counter_sees_host_reads(device):
+    x = torch.arange(6., device=device)
     calls, _ = syncs(lambda: (x.sum().item(), bool((x > 2).any()),
                               x[x > 2], x.nonzero(), x.tolist(),
                               torch.bincount(x.long()), x.to('cpu'),
                               x.repeat_interleave(x.long())))
-    assert calls == {'item': 1, '__bool__': 1, '__getitem__': 1,
-                     'nonzero': 1, 'tolist': 1, 'bincount': 1, 'to': 1,
-                     'repeat_interleave': 1}
+    if device == 'cpu':
+        assert calls == {'item': 1, '__bool__': 1, '__getitem__': 1,
+                         'nonzero': 1, 'tolist': 1, 'bincount': 1, 'to': 1,
+                         'repeat_interleave': 1}
+    else:  # each of the eight waits at least once (some more)
+        assert total(calls) >= 5
     # What stays on the device is not counted.
     calls, _ = syncs(lambda: (x.masked_fill(x > 2, 0), x.topk(2),
                               x.repeat_interleave(x.long(), output_size=15)))
     assert calls == {}
 
 
-def test_exact_knn_reads_back_nothing_per_block():
-    x = torch.randn(640, 8)
+def test_exact_knn_reads_back_nothing_per_block(device):
+    x = torch.randn(640, 8, device=device)
     # 640 rows in one block, and in blocks of the minimum 64 rows.
     one, ref = syncs(exact_knn, x, 5, memory_budget=2 * 640 * 4 * 640)
     ten, out = syncs(exact_knn, x, 5, memory_budget=2 * 640 * 4 * 64)
@@ -107,22 +146,29 @@ def test_exact_knn_reads_back_nothing_per_block():
     assert one == ten
 
 
-def test_torch_ivf_reads_back_nothing_per_list_or_iteration():
-    x = torch.randn(800, 8)
-    build = {}
+def test_torch_ivf_reads_back_nothing_per_list_or_iteration(device):
+    x = torch.randn(800, 8, device=device)
+    build, search = {}, {}
     for nlist, iters in ((4, 1), (16, 6)):
         build[nlist], index = syncs(TorchIVF, x, nlist, iters=iters)
-        nodes = torch.arange(800)
-        search, (sims, ids) = syncs(index.search, nodes, 5, nprobe=2)
+        nodes = torch.arange(800, device=device)
+        search[nlist], (_, ids) = syncs(index.search, nodes, 5, nprobe=2)
         assert ids.shape == (800, 5)
-        # The list sizes and the probed lists come to the host once each.
-        assert search == {'bincount': 1, 'tolist': 2}
     assert build[4] == build[16]
+    assert search[4] == search[16]
+    if device == 'cpu':
+        # The list sizes and the probed lists come to the host once each.
+        assert search[4] == {'bincount': 1, 'tolist': 2}
 
 
-def test_streamed_masked_power_reads_back_nothing_per_chunk():
-    data = build_relation_graph(random_views(200, [6, 4]), k=6,
-                                backend='exact')
+def graph_on(device, n=200, widths=(6, 4), k=6):
+    views = {name: v.to(device) for name, v in
+             random_views(n, list(widths)).items()}
+    return views, build_relation_graph(views, k=k, backend='exact')
+
+
+def test_streamed_masked_power_reads_back_nothing_per_chunk(device):
+    _, data = graph_on(device)
     ei, n = data.edge_index, data.num_nodes
     a = relation_norm(ei, data.edge_attr, n).detach()
     counts, outs = [], []
@@ -143,9 +189,8 @@ def test_streamed_masked_power_reads_back_nothing_per_chunk():
     torch.testing.assert_close(outs[0], outs[1])
 
 
-def test_torch_path_index_reads_back_once_per_chunk():
-    data = build_relation_graph(random_views(200, [6, 4]), k=6,
-                                backend='exact')
+def test_torch_path_index_reads_back_once_per_chunk(device):
+    _, data = graph_on(device)
     ei, n = data.edge_index, data.num_nodes
     one, ref = syncs(_torch_paths, ei, n, 1 << 22, None)
     many, out = syncs(_torch_paths, ei, n, 1000, None)
@@ -155,12 +200,15 @@ def test_torch_path_index_reads_back_once_per_chunk():
     # The size of each chunk's paths (one nonzero), and nothing else.
     extra = Counter(many)
     extra.subtract(one)
-    assert +extra == Counter(nonzero=chunks - 1)
+    if device == 'cpu':
+        assert +extra == Counter(nonzero=chunks - 1)
+    else:
+        assert total(extra) == chunks - 1
 
 
-def test_scores_and_propagation_read_back_nothing_per_chunk_or_order():
-    views = random_views(300, [6, 4])
-    data = build_relation_graph(views, k=5, backend='exact')
+def test_scores_and_propagation_read_back_nothing_per_chunk_or_order(
+        device):
+    views, data = graph_on(device, n=300, k=5)
     ei, n = data.edge_index, data.num_nodes
     x = views['v0']
     # The edge-chunked scores (the path without a CSR pattern, as for RBF).
@@ -176,11 +224,10 @@ def test_scores_and_propagation_read_back_nothing_per_chunk_or_order():
     assert counts[0] == counts[1]
 
 
-def test_masked_orders_read_back_nothing_per_order(monkeypatch):
+def test_masked_orders_read_back_nothing_per_order(monkeypatch, device):
     # Without numba, as on CUDA: the torch path index and sparse products.
     monkeypatch.setattr(masked_numba, 'available', lambda: False)
-    data = build_relation_graph(random_views(200, [6, 4]), k=6,
-                                backend='exact')
+    _, data = graph_on(device)
     counts = []
     for P in (2, 5):
         attr = data.edge_attr.clone().requires_grad_(True)
