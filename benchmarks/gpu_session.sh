@@ -2,7 +2,8 @@
 # The device checks of a session lent a GPU, as one call of the device tool
 # (one command may run 10 minutes; a session has 15 minutes of device time,
 # the machine's start included). Three steps, each under its own time limit
-# so that one that runs long leaves the next its time:
+# (580 s in all, with the first look at the device) so that one that runs
+# long leaves the next its time:
 #   1. the CUDA tests (pytest -m cuda),
 #   2. every stage and its baselines at N = 1,000,000 (benchmarks/device.py),
 #   3. the whole pipeline per mode at N = 10,000,000, the issue's time
@@ -35,13 +36,13 @@ step() {  # step NAME SECONDS COMMAND...: run it under a limit, logged
 }
 
 : >"$log"
-step device 60 python3 -c "import torch, torch_geometric, platform; \
+step device 30 python3 -c "import torch, torch_geometric, platform; \
 print(platform.python_version(), 'torch', torch.__version__, 'pyg', \
 torch_geometric.__version__, 'cuda', torch.version.cuda, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-step tests "${TESTS_S:-120}" python3 -m pytest -q -rs -m cuda \
+step tests "${TESTS_S:-110}" python3 -m pytest -q -rs -m cuda \
     --continue-on-collection-errors -p no:cacheprovider tests
-step stages "${STAGES_S:-180}" python3 benchmarks/device.py \
+step stages "${STAGES_S:-170}" python3 benchmarks/device.py \
     --device "$device" --sizes ${STAGE_SIZES:-1000000} --repeat 1 \
     --path-budget 32000000000 --out "$out/stages"
 step target "${TARGET_S:-270}" python3 benchmarks/device.py \
