@@ -10,7 +10,8 @@ from pyg_lego.data.backends import choose_backend, knn_recall, knn_search
 from pyg_lego.data.knn import exact_knn
 from pyg_lego.data.relation import (coalesce_pattern, knn_pattern,
                                     relation_scores)
-from pyg_lego.data.similarity import edge_similarity, prepare, reuses_work
+from pyg_lego.data.similarity import (NORM_EPS, edge_similarity, prepare,
+                                      reuses_work)
 
 from .conftest import random_views, requires_cuda
 
@@ -259,6 +260,31 @@ def test_faiss_graph_scores_and_recall():
     assert loaded.knn_settings == data.knn_settings
     assert loaded.knn_recall == data.knn_recall
     assert 'knn_recall' not in data.keys()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_unit_rows_equal_normalize_with_a_fused_gradient(dtype):
+    x = torch.randn(200, 9, dtype=dtype)
+    x[3] = 0.0  # a zero row: divided by eps, as normalize does
+    g = torch.randn_like(x)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    z = prepare(ours, 'cosine')
+    assert z.grad_fn is not None and 'UnitRows' in type(z.grad_fn).__name__
+    z_ref = torch.nn.functional.normalize(ref, dim=-1, eps=NORM_EPS)
+    assert torch.equal(z, z_ref)
+    z.backward(g)
+    z_ref.backward(g)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(ours.grad, ref.grad, atol=tol, rtol=tol)
+    assert torch.equal(ours.grad[3], ref.grad[3])
+    # Without a gradient to take, normalize itself runs.
+    with torch.no_grad():
+        assert torch.equal(prepare(ours, 'cosine'), z_ref)
+    # Differentiable twice (the gradient is then recomputed, tracked).
+    leaf = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: prepare(t, 'cosine'), (leaf,))
+    assert torch.autograd.gradgradcheck(lambda t: prepare(t, 'cosine'),
+                                        (leaf,))
 
 
 def edge_dots(x, edge_index, similarity):
