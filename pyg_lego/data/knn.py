@@ -40,11 +40,14 @@ def block_budget(memory_budget: Optional[int],
     :data:`DEFAULT_BLOCK_BYTES`."""
     if memory_budget is not None:
         return memory_budget
-    device = torch.device('cpu' if device is None else device)
-    if device.type != 'cuda':
+    if not _is_cuda(device):
         return DEFAULT_BLOCK_BYTES
     total = torch.cuda.get_device_properties(device).total_memory
     return min(DEFAULT_GPU_BLOCK_BYTES, total // 16)
+
+
+def _is_cuda(device: Optional[torch.device]) -> bool:
+    return device is not None and torch.device(device).type == 'cuda'
 
 
 def block_rows(num_nodes: int, element_size: int,
@@ -60,7 +63,7 @@ def block_rows(num_nodes: int, element_size: int,
     """
     row_bytes = max(1, num_nodes * element_size)
     fit = block_budget(memory_budget, device) // (2 * row_bytes)
-    if device is not None and torch.device(device).type == 'cuda':
+    if _is_cuda(device):
         return max(1, min(num_nodes, fit))
     cached = max(MIN_BLOCK_ROWS, CACHE_BLOCK_BYTES // row_bytes)
     return max(1, min(num_nodes, fit, cached))
