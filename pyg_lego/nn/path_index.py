@@ -67,8 +67,6 @@ class PathPlan:
         hi = self.rowptr[self.row[stops - 1] + 1]
         bounds = torch.stack([starts, stops, sizes, lo, hi], 1).tolist()
         self.chunks = [tuple(b) for b in bounds if b[2] > 0]
-        #: Number of candidate walks (the work of one pass).
-        self.num_candidates = total
 
     def __len__(self) -> int:
         return len(self.chunks)
