@@ -19,7 +19,8 @@ def random_views(num_nodes, widths, dtype=torch.float64, seed=0):
 
 
 def dense_at(dense, edge_index):
-    r"""Values of a dense tensor [..., N, N] at the edges, moved to [E, ...]."""
+    r"""Values of a dense tensor [..., N, N] at the edges, moved to
+    [E, ...]."""
     vals = dense[..., edge_index[0], edge_index[1]]
     return vals.movedim(-1, 0)
 

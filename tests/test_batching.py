@@ -1,4 +1,5 @@
-r"""Mini-batches of graphs of different sizes equal the graphs one at a time."""
+r"""Mini-batches of graphs of different sizes equal the graphs one at a
+time."""
 import pytest
 import torch
 from torch_geometric.loader import DataLoader

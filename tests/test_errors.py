@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyg_lego import LEGO, GivenGraph, build_relation_graph
-from pyg_lego.data import knn_pattern, relation_scores
+from pyg_lego.data import exact_knn, knn_pattern, knn_search, relation_scores
 from pyg_lego.nn import GraphPowerConv, LEGOFusion
 
 
@@ -143,3 +143,28 @@ def test_relation_scores_validates_too():
     data = build_relation_graph(views(), k=3)
     with pytest.raises(ValueError, match=r"view 'flow' contains nan"):
         relation_scores(views(flow=bad_value(float('nan'))), data.edge_index)
+
+
+@pytest.mark.parametrize('search', [exact_knn, knn_search])
+@pytest.mark.parametrize('x,k,match', [
+    (torch.randn(10), 3, r"view 'x' must have shape \[N, d\], got \[10\]"),
+    (torch.ones(10, 3, dtype=torch.long), 3,
+     r"view 'x' has dtype torch.int64: features must be floating point"),
+    (torch.randn(10, 3), 2.5, r'k must be a positive integer'),
+    (torch.randn(10, 3), 10, r'1 <= k <= N - 1 = 9, got k=10'),
+])
+def test_knn_searches_check_their_input(search, x, k, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        search(x, k)
+
+
+@pytest.mark.parametrize('names', [2, 'rgb', ['rgb', 3], None])
+def test_lego_view_names_must_be_names(names):
+    with pytest.raises(TypeError, match=r'view_names must be a list of view '
+                       r'names \(str\)'):
+        LEGO(names)
+
+
+def test_lego_needs_a_view():
+    with pytest.raises(ValueError, match=r'view_names must be a non-empty'):
+        LEGO([])

@@ -171,9 +171,11 @@ def test_entry_points_reject_malformed_input_clearly(seed):
 # Regression tests for the holes the fuzz found in the core (now fixed).
 def test_negative_and_out_of_range_edges_are_named():
     d = _valid()
-    with pytest.raises(ValueError, match='node index -1 out of range for 9 nodes'):
+    with pytest.raises(ValueError,
+                       match='node index -1 out of range for 9 nodes'):
         relation_scores({'a': d['a']}, _poke(d['ei'], random.Random(0), -1))
-    with pytest.raises(ValueError, match='node index 12 out of range for 9 nodes'):
+    with pytest.raises(ValueError,
+                       match='node index 12 out of range for 9 nodes'):
         node_statistics(d['fused'], _poke(d['ei'], random.Random(0), 12), N)
     with pytest.raises(ValueError, match='shape \\[2, E\\]'):
         relation_scores({'a': d['a']}, torch.cat([d['ei'], d['ei'][:1]]))

@@ -137,7 +137,8 @@ LARGE = textwrap.dedent('''
         out[mode] = {'s': time.perf_counter() - t,
                      'finite': bool(torch.isfinite(fused).all()),
                      'grad': model.fusion.weight.grad is not None}
-    out['peak_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out['peak_bytes'] = \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(out))
 ''')
 

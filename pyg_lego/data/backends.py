@@ -18,6 +18,7 @@ from torch import Tensor
 from pyg_lego.data.ivf import KMEANS_ITERS, TorchIVF
 from pyg_lego.data.knn import block_budget, block_rows, exact_knn
 from pyg_lego.data.similarity import check_similarity, knn_scores, prepare
+from pyg_lego.data.validation import check_features, check_k
 
 BACKENDS = ('auto', 'exact', 'torch-ivf', 'faiss', 'faiss-hnsw', 'faiss-ivf',
             'pynndescent')
@@ -65,8 +66,9 @@ class KNNResult(NamedTuple):
             :math:`(E,)` (for cosine, of the unit rows), where the search
             computed it in the features' own dtype: exact and
             :obj:`'torch-ivf'` searches, and faiss searches of float32
-            features, under :obj:`'cosine'` or :obj:`'dot'`. :func:`~pyg_lego.build_relation_graph` reuses it
-            on large graphs instead of computing these scores again.
+            features, under :obj:`'cosine'` or :obj:`'dot'`.
+            :func:`~pyg_lego.build_relation_graph` reuses it on large
+            graphs instead of computing these scores again.
     """
     edge_index: Tensor
     backend: str
@@ -90,7 +92,8 @@ def _import(module: str, extra: str):
         return __import__(module)
     except ImportError as e:
         raise ImportError(f"the kNN backend needs the optional package "
-                          f"'{module}': pip install 'pyg-lego[{extra}]'") from e
+                          f"'{module}': pip install 'pyg-lego[{extra}]'"
+                          ) from e
 
 
 def choose_backend(num_nodes: int, dim: int, device: torch.device,
@@ -375,8 +378,9 @@ def knn_search(x: Tensor, k: int, similarity: str = 'cosine',
     """
     check_similarity(similarity)
     check_backend(backend)
+    check_features('x', x)
     num_nodes = x.size(0)
-    if not 1 <= k <= num_nodes - 1:
+    if not 1 <= check_k(k) <= num_nodes - 1:
         raise ValueError(f"kNN needs 1 <= k <= N - 1 = {num_nodes - 1}, "
                          f"got k={k}")
     options = dict(options or {})

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from pyg_lego.data.similarity import knn_scores, prepare
+from pyg_lego.data.validation import check_features, check_k
 
 #: Default memory budget of one score block on the CPU, in bytes.
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -121,8 +122,9 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
     Returns:
         :obj:`edge_index` :math:`(2, N k)`, sorted by source node.
     """
+    check_features('x', x)
     num_nodes = x.size(0)
-    if not 1 <= k <= num_nodes - 1:
+    if not 1 <= check_k(k) <= num_nodes - 1:
         raise ValueError(f"exact_knn needs 1 <= k <= N - 1 = {num_nodes - 1}, "
                          f"got k={k}")
     with torch.no_grad():

@@ -103,9 +103,10 @@ def _check_given(name: str, g: GivenGraph, num_nodes: Optional[int]) -> None:
                           what=f"given graph '{name}': edge_index")
     w = g.edge_weight
     if w is not None:
-        if not isinstance(w, Tensor) or w.dim() != 1 or w.numel() != ei.size(1):
-            raise ValueError(f"given graph '{name}' needs edge_weight of shape "
-                             f"[{ei.size(1)}] (one per edge)")
+        if not isinstance(w, Tensor) or w.dim() != 1 or \
+                w.numel() != ei.size(1):
+            raise ValueError(f"given graph '{name}' needs edge_weight of "
+                             f"shape [{ei.size(1)}] (one per edge)")
         if not w.is_floating_point():
             raise TypeError(f"given graph '{name}' has integer edge weights; "
                             f"cast them with .float()")
@@ -352,7 +353,8 @@ def _scores(views, edge_index, similarity, score_map, gamma,
 
 def build_relation_graph(views: Mapping[str, View], k: int = 10,
                          similarity: str = 'cosine', score_map: str = 'auto',
-                         gamma: Optional[float] = None, self_loops: bool = True,
+                         gamma: Optional[float] = None,
+                         self_loops: bool = True,
                          zero_rows: str = 'error',
                          num_nodes: Optional[int] = None,
                          memory_budget: Optional[int] = None,
@@ -495,7 +497,8 @@ def graph_attribute(data: Data, key: str) -> Any:
     return list(value) if key == 'view_names' else value
 
 
-def view_features(data: Data, view_names: Sequence[str]) -> List[Optional[Tensor]]:
+def view_features(data: Data, view_names: Sequence[str]
+                  ) -> List[Optional[Tensor]]:
     r"""The feature tensors :obj:`data.x_<view>` in :obj:`view_names` order
     (:obj:`None` for given-graph views)."""
     return [data[f'x_{name}'] if f'x_{name}' in data else None

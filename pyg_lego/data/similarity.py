@@ -1,4 +1,5 @@
-r"""Similarity functions and score maps of the relation graphs (METHOD.md, section 1).
+r"""Similarity functions and score maps of the relation graphs (METHOD.md,
+section 1).
 
 Edge-wise scores are computed by an autograd function that never holds an
 ``[|E|, d]`` tensor, in the forward pass or in the backward pass: dot products
@@ -46,7 +47,8 @@ def resolve_score_map(score_map: str, similarity: str) -> str:
 
 
 def apply_score_map(s: Tensor, score_map: str) -> Tensor:
-    r"""Maps raw similarities ``s`` to relation scores (``score_map`` resolved)."""
+    r"""Maps raw similarities ``s`` to relation scores (``score_map``
+    resolved)."""
     if score_map == 'affine':
         return (1.0 + s) / 2.0
     if score_map == 'clamp':

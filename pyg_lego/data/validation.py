@@ -85,6 +85,6 @@ def check_same_device(tensors: Mapping[str, Tensor]) -> Optional[torch.device]:
             device, first = t.device, name
         elif t.device != device:
             raise ValueError(f"view '{name}' is on {t.device} but view "
-                             f"'{first}' is on {device}: move all views to one "
-                             f"device")
+                             f"'{first}' is on {device}: move all views to "
+                             f"one device")
     return device

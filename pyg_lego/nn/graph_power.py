@@ -259,10 +259,10 @@ class GraphPowerConv(MessagePassing):
                              f"{'none' if xs is None else len(xs)}")
         for m, x in enumerate(xs):
             if x is None:
-                raise ValueError(f"view {m} is a given graph without features; "
-                                 f"the propagated mode needs features for "
-                                 f"every view (use mode='masked' or "
-                                 f"'elementwise')")
+                raise ValueError(f"view {m} is a given graph without "
+                                 f"features; the propagated mode needs "
+                                 f"features for every view (use "
+                                 f"mode='masked' or 'elementwise')")
             if not x.is_floating_point():
                 raise TypeError(f"view {m} has features of dtype {x.dtype}; "
                                 f"they must be floating point")

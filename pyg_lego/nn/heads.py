@@ -131,7 +131,8 @@ class PropagationHead(torch.nn.Module):
         conv (type, optional): A PyG layer class taking
             :obj:`(x, edge_index, edge_weight)`.
             (default: :class:`~torch_geometric.nn.GCNConv`)
-        dropout (float, optional): Dropout between layers. (default: :obj:`0.0`)
+        dropout (float, optional): Dropout between layers.
+            (default: :obj:`0.0`)
         **conv_kwargs (optional): Extra arguments of :obj:`conv`.
 
     Shapes:
@@ -169,8 +170,8 @@ class PropagationHead(torch.nn.Module):
         if fused.dim() == 1:
             fused = fused.unsqueeze(-1)
         if fused.size(1) != self.channels:
-            raise ValueError(f"fused has {fused.size(1)} channels but the head "
-                             f"expects {self.channels}")
+            raise ValueError(f"fused has {fused.size(1)} channels but the "
+                             f"head expects {self.channels}")
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"x must have shape [N, {self.in_channels}], got "
                              f"{list(x.shape)}")

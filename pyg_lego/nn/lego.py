@@ -66,7 +66,12 @@ class LEGO(torch.nn.Module):
                  memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
                  kernel: str = 'auto'):
         super().__init__()
-        if isinstance(view_names, str) or len(view_names) == 0:
+        if isinstance(view_names, str) or \
+                not isinstance(view_names, Sequence) or \
+                not all(isinstance(n, str) for n in view_names):
+            raise TypeError(f"view_names must be a list of view names (str), "
+                            f"as data.view_names holds, got {view_names!r}")
+        if len(view_names) == 0:
             raise ValueError("view_names must be a non-empty list of names")
         self.view_names = list(view_names)
         self.expansion = GraphPowerConv(P, mode=mode, order0=order0,

@@ -157,8 +157,8 @@ def neighbor_loader(data: Data, num_neighbors: List[int],
             :func:`fused_graph`.
         num_neighbors (list of int): Neighbours per hop, :obj:`-1` for all.
         **kwargs (optional): Arguments of
-            :class:`~torch_geometric.loader.NeighborLoader` (:obj:`input_nodes`,
-            :obj:`batch_size`, :obj:`shuffle`, ...).
+            :class:`~torch_geometric.loader.NeighborLoader`
+            (:obj:`input_nodes`, :obj:`batch_size`, :obj:`shuffle`, ...).
     """
     if native_sampling() or 'neighbor_sampler' in kwargs:
         return NeighborLoader(data, num_neighbors, **kwargs)

@@ -212,7 +212,8 @@ def degree_variance_loss(fused: Tensor, edge_index: Tensor, logits: Tensor,
     var_normal = variance[~labels].mean(dim=0)
     order, top, _ = _top_k(logits, batch, k)
     dense, _ = to_dense_batch(degree, batch)
-    picked = dense.gather(1, order.unsqueeze(-1).expand(-1, -1, dense.size(-1)))
+    picked = dense.gather(
+        1, order.unsqueeze(-1).expand(-1, -1, dense.size(-1)))
     picked = picked[labels]
     top = top[labels].unsqueeze(-1).to(fused.dtype)
     count = top.sum(dim=1)
