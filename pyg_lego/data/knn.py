@@ -4,6 +4,9 @@ Each block of query rows is scored against all nodes with one matrix product,
 and only the block's top-k survive, so memory is bounded by
 ``block_size x N`` scores instead of ``N x N``.
 """
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple, Union
 
 import torch
@@ -134,23 +137,115 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
                           x.device)
         cols = torch.empty(num_nodes, k, dtype=torch.long, device=x.device)
         keep = return_scores and similarity != 'rbf'
-        scores = z.new_empty(num_nodes, k) if keep else None
-        starts = range(0, num_nodes, rows)
-        if progress:
-            from tqdm.auto import tqdm
-            starts = tqdm(starts, desc='exact kNN', unit='block')
-        for start in starts:
-            end = min(start + rows, num_nodes)
-            s = knn_scores(z[start:end], z, similarity, sq_norms)
-            s.diagonal(start).fill_(float('-inf'))
-            cols[start:end] = block_topk(s, k)
-            if keep:
-                scores[start:end] = s.gather(1, cols[start:end])
+        if _compiled_selection(z):
+            scores = z.new_empty(num_nodes, k)
+            _search_compiled(z, k, similarity, sq_norms, rows, cols,
+                             scores, progress)
+            scores = scores if keep else None
+        else:
+            scores = z.new_empty(num_nodes, k) if keep else None
+            starts = range(0, num_nodes, rows)
+            if progress:
+                from tqdm.auto import tqdm
+                starts = tqdm(starts, desc='exact kNN', unit='block')
+            for start in starts:
+                end = min(start + rows, num_nodes)
+                s = knn_scores(z[start:end], z, similarity, sq_norms)
+                s.diagonal(start).fill_(float('-inf'))
+                cols[start:end] = block_topk(s, k)
+                if keep:
+                    scores[start:end] = s.gather(1, cols[start:end])
     row = torch.arange(num_nodes, device=x.device).repeat_interleave(k)
     edge_index = torch.stack([row, cols.view(-1)])
     if return_scores:
         return edge_index, None if scores is None else scores.view(-1)
     return edge_index
+
+
+#: Searches of at least this many scores (:math:`N^2`, :math:`N \ge 8192`)
+#: select their top-k with the compiled loop of
+#: :mod:`pyg_lego.data.topk_numba`, where numba is installed. Loading the
+#: loop costs 0.09 to 0.12 s once per process (numba running; 0.4 s more
+#: to start numba, about 1 s to compile on a machine's first use): about
+#: what it saves a search of 3 views at :math:`N = 8000`.
+COMPILED_MIN_SCORES = 1 << 26
+
+
+def _compiled_selection(z: Tensor) -> bool:
+    from pyg_lego import numba_runtime
+    return (z.device.type == 'cpu' and z.size(0)**2 >= COMPILED_MIN_SCORES
+            and z.dtype in (torch.float32, torch.float64)
+            and numba_runtime.available())
+
+
+def _search_compiled(z: Tensor, k: int, similarity: str,
+                     sq_norms: Optional[Tensor], rows: int, cols: Tensor,
+                     scores: Tensor, progress: bool) -> None:
+    r"""The blocks of :func:`exact_knn` with the compiled top-k, into
+    :obj:`cols` and :obj:`scores`. Where torch runs :math:`T > 1`
+    threads, the blocks run on :math:`T` threads of their own, each block
+    a one-thread product followed by its selection on the same thread: a
+    parallel selection after each parallel product took 1.7x its time
+    alone at N = 4000, as the two thread pools waited for each other
+    (torch's threads spin for a while after every product). A block has
+    :math:`2/T` of the rows torch's top-k gets, so that the :math:`T`
+    blocks in flight stay within the memory budget (the compiled
+    selection needs no workspace beside its block)."""
+    from pyg_lego.data import topk_numba
+    num_nodes = z.size(0)
+    threads = torch.get_num_threads()
+    rows = max(1, rows * 2 // max(2, threads))
+    cols_np, scores_np = cols.numpy(), scores.numpy()
+    topk_numba.compile(scores_np.dtype)
+
+    def search(start: int) -> None:
+        end = min(start + rows, num_nodes)
+        s = knn_scores(z[start:end], z, similarity, sq_norms)
+        s.diagonal(start).fill_(float('-inf'))
+        topk_numba.select_topk(s.numpy(), k, cols_np[start:end],
+                               scores_np[start:end])
+
+    starts = range(0, num_nodes, rows)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(starts), desc='exact kNN', unit='block')
+    if threads == 1:
+        futures, done = [], map(search, starts)
+    else:
+        pool = _block_pool(threads)
+        futures = [pool.submit(search, start) for start in starts]
+        done = (future.result() for future in futures)
+    try:
+        for _ in done:
+            if bar is not None:
+                bar.update()
+    finally:
+        for future in futures:  # after an error, the blocks not started
+            future.cancel()
+        if bar is not None:
+            bar.close()
+
+
+_POOL: Optional[Tuple[int, int, ThreadPoolExecutor]] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _block_pool(threads: int) -> ThreadPoolExecutor:
+    r"""The threads of :func:`_search_compiled`, one torch thread each,
+    kept for the process (new threads for every search made it 1.6x
+    slower at N = 4000: each thread sets up its BLAS workspace on its
+    first product); made again after a fork, which keeps no threads, or
+    for another thread count."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[:2] != (os.getpid(), threads):
+            if _POOL is not None:
+                _POOL[2].shutdown(wait=False)
+            _POOL = (os.getpid(), threads, ThreadPoolExecutor(
+                threads, thread_name_prefix='pyg_lego-knn',
+                initializer=torch.set_num_threads, initargs=(1,)))
+        return _POOL[2]
 
 
 def complete_edges(num_nodes: int, self_loops: bool,
