@@ -14,7 +14,7 @@ def select(s, k):
     from pyg_lego.data import topk_numba
     index = np.empty((s.size(0), k), np.int64)
     value = np.empty((s.size(0), k), s.numpy().dtype)
-    topk_numba.compile(value.dtype)
+    topk_numba.load(value.dtype)
     topk_numba.select_topk(s.numpy(), k, index, value)
     return torch.from_numpy(index), torch.from_numpy(value)
 

@@ -196,7 +196,7 @@ def _search_compiled(z: Tensor, k: int, similarity: str,
     threads = torch.get_num_threads()
     rows = max(1, rows * 2 // max(2, threads))
     cols_np, scores_np = cols.numpy(), scores.numpy()
-    topk_numba.compile(scores_np.dtype)
+    topk_numba.load(scores_np.dtype)
 
     def search(start: int) -> None:
         end = min(start + rows, num_nodes)

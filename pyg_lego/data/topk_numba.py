@@ -26,7 +26,7 @@ numba = numba_runtime.numba()
 # vectorises, where one running maximum is a chain of dependent ones
 # (0.18 against 1.1 ns per score on one thread, one-off runs).
 @numba.njit(inline='always', cache=True)
-def group_max(row, b):
+def _group_max(row, b):
     m0 = max(row[b], row[b + 1])
     m1 = max(row[b + 2], row[b + 3])
     m2 = max(row[b + 4], row[b + 5])
@@ -38,8 +38,9 @@ def group_max(row, b):
     return max(max(max(m0, m1), max(m2, m3)),
                max(max(m4, m5), max(m6, m7)))
 
+
 @numba.njit(inline='always', cache=True)
-def insert(value, index, k, x, j):
+def _insert(value, index, k, x, j):
     # Into the row's buffer, sorted in decreasing order; a tie keeps
     # the earlier column first. Returns the new k-th largest.
     t = k - 1
@@ -51,10 +52,13 @@ def insert(value, index, k, x, j):
     index[t] = j
     return value[k - 1]
 
+
 # Unsigned positions: numba then indexes without its check for
-# negative indices. fastmath lets the maxima use vector instructions
-# (the scores are finite: the features were checked).
-@numba.njit(nogil=True, fastmath=True, cache=True)
+# negative indices. Fast-math without NaNs lets the maxima use vector
+# instructions (the features were checked finite); not without
+# infinities, since each row's own column and the empty buffer are -inf.
+@numba.njit(nogil=True, cache=True,
+            fastmath={'nnan', 'nsz', 'arcp', 'contract', 'afn', 'reassoc'})
 def _select(scores, k, index, value):
     rows, n = scores.shape
     groups = n // 16
@@ -63,7 +67,7 @@ def _select(scores, k, index, value):
     for r in range(rows):
         row = scores[r]
         for c in range(np.uint64(groups)):
-            gmax[c] = group_max(row, c * np.uint64(16))
+            gmax[c] = _group_max(row, c * np.uint64(16))
         low = -np.inf
         if groups >= k:
             per = groups // k
@@ -84,12 +88,11 @@ def _select(scores, k, index, value):
                                (c + np.uint64(1)) * np.uint64(16)):
                     x = row[j]
                     if x > kth:
-                        kth = insert(out, idx, k, x, j)
+                        kth = _insert(out, idx, k, x, j)
         for j in range(full, np.uint64(n)):
             x = row[j]
             if x > kth:
-                kth = insert(out, idx, k, x, j)
-
+                kth = _insert(out, idx, k, x, j)
 
 
 def select_topk(scores: np.ndarray, k: int, index: np.ndarray,
@@ -103,7 +106,7 @@ def select_topk(scores: np.ndarray, k: int, index: np.ndarray,
     _select(scores, k, index, value)
 
 
-def compile(dtype: np.dtype) -> None:
+def load(dtype: np.dtype) -> None:
     r"""Compiles (or loads from numba's cache) the loop for scores of
     :obj:`dtype`, on the calling thread, before threads call
     :func:`select_topk`."""
