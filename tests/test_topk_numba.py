@@ -44,6 +44,19 @@ def test_ties_keep_the_earlier_columns():
     assert value.tolist() == [[0.0] * 4, [0.0] * 4, [1.0, 0.0, 0.0, 0.0]]
 
 
+@pytest.mark.parametrize('k', [1, 8, 16])
+def test_ties_at_the_lower_bound(k):
+    # Few distinct scores: the k-th largest often equals the bound, and the
+    # scores equal to it must still enter the buffer, earlier columns first.
+    gen = torch.Generator().manual_seed(k)
+    s = torch.randint(0, 6, (64, 1000), generator=gen).float()
+    s[:, 500:] -= 1.0  # fewer top scores in later columns
+    index, value = select(s, k)
+    ref = s.sort(dim=1, descending=True, stable=True)
+    assert torch.equal(value, ref.values[:, :k])
+    assert torch.equal(index, ref.indices[:, :k])
+
+
 @pytest.mark.parametrize('threads', [1, 2])
 @pytest.mark.parametrize('similarity,dtype', [
     ('cosine', torch.float32), ('dot', torch.float64),
