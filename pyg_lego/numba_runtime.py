@@ -9,7 +9,8 @@ from functools import lru_cache
 import torch
 
 #: Serialises kernel calls: the kernels release the GIL, and numba's
-#: 'workqueue' threading layer must not be entered by two threads at once.
+#: 'workqueue' threading layer (where TBB is not installed) must not be
+#: entered by two threads at once.
 _LOCK = threading.Lock()
 
 
@@ -28,20 +29,50 @@ def available() -> bool:
 @lru_cache(maxsize=None)
 def numba():
     r"""The numba module, its threading layer chosen before any kernel
-    is compiled."""
+    is compiled: TBB where the optional package ``tbb`` is installed
+    (:func:`tbb_loaded`), else numba's own ``'workqueue'``."""
     import numba
     if 'NUMBA_THREADING_LAYER' not in os.environ:
         # numba's default 'omp' layer loads the system libgomp beside the one
         # torch ships: two OpenMP runtimes in one process, spinning against
-        # each other. numba's own 'workqueue' pool costs some speed instead:
-        # against 'omp', a launch took 0.06 ms (not 0.005 to 0.01), and the
-        # masked power's forward and backward (stored paths; two processes
-        # per layer) 0.72 s (not 0.54 to 0.58) at N = 16,000, the same 3.1
-        # to 3.2 s at 64,000. _LOCK keeps its calls one at a time, as that
-        # layer requires. (A DDP hang once blamed on the two runtimes was a
-        # gloo shutdown race, see pyg_lego.training.distributed.cleanup.)
-        numba.config.THREADING_LAYER = 'workqueue'
+        # each other. (A DDP hang once blamed on the two runtimes was a gloo
+        # shutdown race, see pyg_lego.training.distributed.cleanup.) TBB
+        # starts a parallel loop in 5 us where 'workqueue' took 80 to 160
+        # us: the masked power's forward and backward took 0.74x the time
+        # at N = 200 and 0.91x at 1000 (k = 8), 0.93x at 16,000 and the same
+        # at 64,000 (k = 16; one process per layer, best of 3 to 30).
+        numba.config.THREADING_LAYER = 'tbb' if tbb_loaded() else \
+            'workqueue'
     return numba
+
+
+#: The oldest TBB interface numba's layer runs on (numba checks it too).
+TBB_MIN_INTERFACE = 12060
+
+
+@lru_cache(maxsize=None)
+def tbb_loaded() -> bool:
+    r"""Whether numba's TBB threading layer can start in this process:
+    loads the TBB library that ``pip install tbb`` puts in the
+    environment's ``lib/`` folder (or the loader's own), which no library
+    path reaches in a virtual environment, so that numba's layer then
+    finds it already loaded. Linux only; elsewhere the layer is numba's
+    ``'workqueue'``."""
+    import ctypes
+    import sys
+    if not sys.platform.startswith('linux'):
+        return False
+    name = 'libtbb.so.12'
+    for path in (os.path.join(sys.prefix, 'lib', name), name):
+        try:
+            lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            if lib.TBB_runtime_interface_version() < TBB_MIN_INTERFACE:
+                return False
+            from numba.np.ufunc import tbbpool  # noqa: F401
+        except (OSError, AttributeError, ImportError):
+            continue
+        return True
+    return False
 
 
 def call(kernel, *args):

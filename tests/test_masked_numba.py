@@ -1,6 +1,7 @@
 r"""The numba kernels of the masked power against the torch ones and the
 dense oracle."""
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -287,27 +288,52 @@ def test_numba_that_fails_to_import_counts_as_absent(monkeypatch):
         masked_numba.available.cache_clear()
 
 
-def test_kernels_run_on_one_openmp_runtime():
-    # In a fresh process: numba's 'omp' layer would load a second libgomp
-    # beside torch's.
+def _layer_in_fresh_process(before: str = '') -> list:
+    # A fresh process: the threading layer is chosen once per process.
     import subprocess
     import sys
     code = (
         "import torch, numba\n"
-        "from pyg_lego import build_relation_graph\n"
+        "from pyg_lego import build_relation_graph, numba_runtime\n"
         "from pyg_lego.nn import GraphPowerConv\n"
+        f"{before}"
         "d = build_relation_graph({'a': torch.randn(80, 4)}, k=5)\n"
-        "GraphPowerConv(3, kernel='numba', dense_blocks=False)("
+        "conv = GraphPowerConv(3, kernel='numba', dense_blocks=False)\n"
+        "out = conv(d.edge_index, d.edge_attr)\n"
+        "ref = GraphPowerConv(3, kernel='torch', dense_blocks=False)("
         "d.edge_index, d.edge_attr)\n"
         "libs = {l.split()[-1] for l in open('/proc/self/maps') "
         "if 'libgomp' in l}\n"
-        "print(numba.threading_layer(), len(libs))\n")
+        "print(numba.threading_layer(), len(libs), "
+        "torch.allclose(out, ref, atol=1e-6))\n")
     env = {k: v for k, v in os.environ.items()
            if k != 'NUMBA_THREADING_LAYER'}
     out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ['workqueue', '1']
+    return out.stdout.split()
+
+
+def _tbb_installed() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        version('tbb')
+    except PackageNotFoundError:
+        return False
+    return sys.platform.startswith('linux')
+
+
+def test_kernels_run_on_tbb_where_installed():
+    # TBB where the package is installed (the dev extra), never numba's
+    # 'omp' layer, which would load a second libgomp beside torch's.
+    layer = 'tbb' if _tbb_installed() else 'workqueue'
+    assert _layer_in_fresh_process() == [layer, '1', 'True']
+
+
+def test_kernels_fall_back_to_workqueue_without_tbb():
+    assert _layer_in_fresh_process(
+        "numba_runtime.tbb_loaded = lambda: False\n") == \
+        ['workqueue', '1', 'True']
 
 
 def test_kernels_called_from_two_threads_at_once():
