@@ -86,23 +86,30 @@ def test_exact_knn_compiled_equals_torch(monkeypatch, similarity, dtype,
         assert torch.equal(score, ref_score)
 
 
-def test_compiled_search_by_size(monkeypatch):
+def test_compiled_search_by_scores_searched(monkeypatch):
     used = []
     real = knn._search_compiled
     monkeypatch.setattr(knn, '_search_compiled',
                         lambda *args: used.append(1) or real(*args))
+    monkeypatch.setattr(knn, '_scored', 0)
+    monkeypatch.setattr(knn, 'COMPILED_MIN_NODES', 80)
+    monkeypatch.setattr(knn, 'COMPILED_MIN_SCORES', 3 * 80 * 80)
     x = torch.randn(80, 4)
-    exact_knn(x, 3)
-    assert used == []  # 6400 scores: torch's top-k
-    monkeypatch.setattr(knn, 'COMPILED_MIN_SCORES', 80 * 80)
-    assert torch.equal(exact_knn(x, 3), exact_knn(x.double(), 3))
-    assert used == [1, 1]
+    ref = exact_knn(x, 3)
+    exact_knn(x.double(), 3)
+    assert used == []  # 12,800 pairs scored: torch's top-k
+    assert torch.equal(exact_knn(x, 3), ref)  # 19,200: the loop from here
+    assert used == [1]
     exact_knn(x.half(), 3)  # no compiled loop for half precision
+    exact_knn(torch.randn(79, 4), 3)  # too few nodes
+    assert used == [1] and knn._scored == 3 * 80 * 80 + 79 * 79
+    assert torch.equal(exact_knn(x.double(), 3), ref)
     assert used == [1, 1]
 
 
 def test_compiled_search_shows_progress(monkeypatch, capsys):
     monkeypatch.setattr(knn, 'COMPILED_MIN_SCORES', 0)
+    monkeypatch.setattr(knn, 'COMPILED_MIN_NODES', 0)
     x = torch.randn(200, 4)
     exact_knn(x, 3, memory_budget=2 * 50 * 200 * 4, progress=True)
     err = capsys.readouterr().err

@@ -162,20 +162,35 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
     return edge_index
 
 
-#: Searches of at least this many scores (:math:`N^2`, :math:`N \ge 8192`)
-#: select their top-k with the compiled loop of
-#: :mod:`pyg_lego.data.topk_numba`, where numba is installed. Loading the
-#: loop costs 0.09 to 0.12 s once per process (numba running; 0.4 s more
-#: to start numba, about 1 s to compile on a machine's first use): about
-#: what it saves a search of 3 views at :math:`N = 8000`.
+#: The compiled loop of :mod:`pyg_lego.data.topk_numba` selects the top-k
+#: (where numba is installed) once the CPU searches of this process, the
+#: current one included, have scored this many pairs: a single search of
+#: :math:`N \ge 8192`, or several smaller ones. Loading the loop costs 0.09
+#: to 0.12 s once per process where numba already runs (0.33 s for its first
+#: kernel), about what it saves a search of 3 views at :math:`N = 8000`
+#: (1 ns per score); every search after that gains the whole saving.
 COMPILED_MIN_SCORES = 1 << 26
+
+#: Fewest nodes for which the loaded loop beats torch's top-k: 0.98 against
+#: 1.30 ms at :math:`N = 400` (one view of width 128, :math:`k = 16`), 0.71
+#: against 0.28 ms at 200, where starting the blocks' threads costs more.
+COMPILED_MIN_NODES = 512
+
+_scored = 0  # pairs scored by the CPU searches of this process
+_SCORED_LOCK = threading.Lock()
 
 
 def _compiled_selection(z: Tensor) -> bool:
     from pyg_lego import numba_runtime
-    return (z.device.type == 'cpu' and z.size(0)**2 >= COMPILED_MIN_SCORES
+    global _scored
+    if not (z.device.type == 'cpu'
             and z.dtype in (torch.float32, torch.float64)
-            and numba_runtime.available())
+            and numba_runtime.available()):
+        return False
+    with _SCORED_LOCK:
+        _scored += z.size(0)**2
+        scored = _scored
+    return z.size(0) >= COMPILED_MIN_NODES and scored >= COMPILED_MIN_SCORES
 
 
 def _search_compiled(z: Tensor, k: int, similarity: str,
