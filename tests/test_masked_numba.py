@@ -336,6 +336,33 @@ def test_kernels_fall_back_to_workqueue_without_tbb():
         ['workqueue', '1', 'True']
 
 
+def _power_in_child(conv, data, ref, queue):
+    out = conv(data.edge_index, data.edge_attr)
+    queue.put(bool(torch.allclose(out, ref, atol=1e-12)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='needs fork')
+def test_kernels_run_in_forked_children():
+    # As in DataLoader workers: the parent has started the threading layer.
+    import multiprocessing
+    _, data = graph(n=150)
+    conv = GraphPowerConv(3, kernel='numba', dense_blocks=False)
+    ref = conv(data.edge_index, data.edge_attr)
+    context = multiprocessing.get_context('fork')
+    queue = context.Queue()
+    children = [context.Process(target=_power_in_child,
+                                args=(conv, data, ref, queue))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=120)
+    assert results == [True, True]
+    assert [child.exitcode for child in children] == [0, 0]
+
+
 def test_kernels_called_from_two_threads_at_once():
     from concurrent.futures import ThreadPoolExecutor
     _, data = graph(n=150)
