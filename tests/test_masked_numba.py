@@ -291,7 +291,6 @@ def test_numba_that_fails_to_import_counts_as_absent(monkeypatch):
 def _layer_in_fresh_process(before: str = '') -> list:
     # A fresh process: the threading layer is chosen once per process.
     import subprocess
-    import sys
     code = (
         "import torch, numba\n"
         "from pyg_lego import build_relation_graph, numba_runtime\n"
