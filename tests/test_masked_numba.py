@@ -329,6 +329,17 @@ def test_kernels_run_on_tbb_where_installed():
     assert _layer_in_fresh_process() == [layer, '1', 'True']
 
 
+def test_pynndescent_first_takes_the_same_layer():
+    # Its parallel loops start numba's layer before ours would. (It imports
+    # scikit-learn, which brings its own libgomp: not counted here.)
+    pytest.importorskip('pynndescent')
+    layer = 'tbb' if _tbb_installed() else 'workqueue'
+    found = _layer_in_fresh_process(
+        "from pyg_lego.data import knn_search\n"
+        "knn_search(torch.randn(300, 8), 5, backend='pynndescent')\n")
+    assert found[0] == layer and found[2] == 'True'
+
+
 def test_kernels_fall_back_to_workqueue_without_tbb():
     assert _layer_in_fresh_process(
         "numba_runtime.tbb_loaded = lambda: False\n") == \
@@ -336,6 +347,9 @@ def test_kernels_fall_back_to_workqueue_without_tbb():
 
 
 def _power_in_child(conv, data, ref, queue):
+    # One torch thread, as DataLoader workers set: torch's OpenMP pool,
+    # started in the parent, hangs a forked child that enters it.
+    torch.set_num_threads(1)
     out = conv(data.edge_index, data.edge_attr)
     queue.put(bool(torch.allclose(out, ref, atol=1e-12)))
 
@@ -343,7 +357,8 @@ def _power_in_child(conv, data, ref, queue):
 @pytest.mark.skipif(not sys.platform.startswith('linux'),
                     reason='needs fork')
 def test_kernels_run_in_forked_children():
-    # As in DataLoader workers: the parent has started the threading layer.
+    # As in DataLoader workers: the parent has started the threading layer
+    # (the children run the kernels on one thread, and on TBB's).
     import multiprocessing
     _, data = graph(n=150)
     conv = GraphPowerConv(3, kernel='numba', dense_blocks=False)

@@ -315,7 +315,12 @@ def _torch_ivf_search(x: Tensor, k: int, similarity: str, progress: bool,
 
 def _pynndescent_search(x: Tensor, k: int, similarity: str, progress: bool,
                         options: dict) -> KNNResult:
+    from pyg_lego import numba_runtime
     pynndescent = _import('pynndescent', 'pynndescent')
+    # Its loops run on numba's threads: the layer is chosen here, as for
+    # ours, before its first parallel loop would take numba's default (the
+    # OpenMP layer, a second OpenMP runtime beside torch's).
+    numba_runtime.numba()
     if similarity == 'dot':
         raise ValueError("backend='pynndescent' supports similarity 'cosine' "
                          "and 'rbf' (nearest in Euclidean distance), not "
