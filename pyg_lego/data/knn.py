@@ -181,6 +181,9 @@ _SCORED_LOCK = threading.Lock()
 
 
 def _compiled_selection(z: Tensor) -> bool:
+    r"""Whether the search of :obj:`z` selects with the compiled loop;
+    counts its pairs toward :data:`COMPILED_MIN_SCORES` (CPU, float32 or
+    float64, numba installed)."""
     from pyg_lego import numba_runtime
     global _scored
     if not (z.device.type == 'cpu'
