@@ -7,6 +7,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from pyg_lego.data.calibration import ADAPTIVE_MAPS, SCALE_EPS, SNF_MU
 from pyg_lego.data.relation import GivenGraph
 from pyg_lego.data.similarity import (apply_score_map, default_gamma,
                                       resolve_score_map)
@@ -95,11 +96,36 @@ def relation_graph(views: Mapping[str, Union[Tensor, GivenGraph]], k: int,
     for v in views.values():
         if isinstance(v, GivenGraph):
             r = given_matrix(v, n, dtype)
+        elif score_map in ADAPTIVE_MAPS:
+            r = adaptive_matrix(similarity_matrix(v, similarity, gamma), mask,
+                                min(k, n - 1), score_map)
         else:
             r = apply_score_map(similarity_matrix(v, similarity, gamma),
                                 score_map)
         scores.append(torch.where(mask, r, torch.zeros_like(r)))
     return mask, torch.stack(scores)
+
+
+def adaptive_matrix(s: Tensor, mask: Tensor, k: int, score_map: str) -> Tensor:
+    r"""The adaptive score maps of :mod:`pyg_lego.data.calibration` on a
+    dense cosine matrix :obj:`s`, each node's scales from its :obj:`k`
+    nearest neighbours among its entries of the pattern :obj:`mask`
+    (diagonal excluded), node by node."""
+    n = s.size(0)
+    sq = (2.0 - 2.0 * s).clamp_min(0.0)
+    dist = sq.clamp_min(SCALE_EPS**2).sqrt()
+    off = mask & ~torch.eye(n, dtype=torch.bool, device=s.device)
+    kth, mean = [], []
+    for i in range(n):
+        near = dist[i][off[i]].sort().values[:k]
+        kth.append(near[-1] if near.numel() else dist.new_zeros(()))
+        mean.append(near.mean() if near.numel() else dist.new_zeros(()))
+    kth, mean = torch.stack(kth), torch.stack(mean)
+    if score_map == 'local':
+        scale = kth.clamp_min(SCALE_EPS)
+        return torch.exp(-sq / (scale[:, None] * scale[None, :]))
+    eps = ((mean[:, None] + mean[None, :] + dist) / 3.0).clamp_min(SCALE_EPS)
+    return torch.exp(-sq / (2.0 * SNF_MU**2 * eps**2))
 
 
 def normalize(r: Tensor, mask: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from torch_geometric.data import Batch, Data
 
 from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
                                     knn_recall, knn_search)
+from pyg_lego.data.calibration import ADAPTIVE_MAPS, adaptive_score_map
 from pyg_lego.data.knn import complete_edges
 from pyg_lego.data.similarity import (check_similarity, csr_pattern,
                                       edge_similarity, id_dtype,
@@ -298,9 +299,15 @@ def union_pattern(views: Mapping[str, View], found: Mapping[str, KNNResult],
 def relation_scores(views: Mapping[str, View], edge_index: Tensor,
                     similarity: str = 'cosine', score_map: str = 'auto',
                     gamma: Optional[float] = None,
-                    num_nodes: Optional[int] = None) -> Tensor:
+                    num_nodes: Optional[int] = None,
+                    k: Optional[int] = None) -> Tensor:
     r"""Every view's relation score on every edge of :obj:`edge_index`
     (coalesced), differentiable with respect to the features.
+
+    :obj:`k` is the number of neighbours that set the bandwidths of the
+    adaptive score maps (:obj:`"local"`, :obj:`"snf"`; see
+    :mod:`pyg_lego.data.calibration`), as :func:`build_relation_graph`
+    passes its own :obj:`k`; the other maps ignore it.
 
     Returns:
         :obj:`edge_attr` :math:`(|\mathcal{E}|, M)`.
@@ -308,7 +315,14 @@ def relation_scores(views: Mapping[str, View], edge_index: Tensor,
     num_nodes = _validate(views, num_nodes, similarity, 'error')
     check_edge_index(edge_index, num_nodes)
     check_gamma(gamma)
-    return _scores(views, edge_index, similarity, score_map, gamma, num_nodes)
+    score_map = resolve_score_map(score_map, similarity)
+    if score_map in ADAPTIVE_MAPS:
+        if k is None:
+            raise ValueError(f"score_map={score_map!r} needs k, the number "
+                             f"of neighbours that set each node's bandwidth")
+        k = check_k(k)
+    return _scores(views, edge_index, similarity, score_map, gamma, num_nodes,
+                   k=k)
 
 
 def _given_scores(g: GivenGraph, edge_index: Tensor, num_nodes: int,
@@ -327,11 +341,14 @@ def _given_scores(g: GivenGraph, edge_index: Tensor, num_nodes: int,
 
 def _scores(views, edge_index, similarity, score_map, gamma,
             num_nodes, known: Optional[Known] = None,
-            reverse: Optional[Tensor] = None) -> Tensor:
+            reverse: Optional[Tensor] = None,
+            k: Optional[int] = None) -> Tensor:
     r"""Every view's scores on the pattern; the similarities in
     :obj:`known` (of views already in the common dtype) are taken as they
     are, and with :obj:`reverse` (the id of each edge's reverse) only one
-    edge of each pair is computed."""
+    edge of each pair is computed. An adaptive score map rescales each
+    feature view's raw similarities with bandwidths from its :obj:`k`
+    nearest neighbours on the pattern."""
     feats = [v for v in views.values() if not isinstance(v, GivenGraph)]
     dtype = reduce(torch.promote_types, [f.dtype for f in feats],
                    feats[0].dtype) if feats else torch.get_default_dtype()
@@ -345,9 +362,14 @@ def _scores(views, edge_index, similarity, score_map, gamma,
             cols.append(_given_scores(v, edge_index, num_nodes, dtype))
             continue
         mine = known.get(name) if v.dtype == dtype else None
-        cols.append(edge_similarity(v.to(dtype), edge_index, similarity,
-                                    score_map, gamma, pattern=pattern,
-                                    known=mine, reverse=reverse))
+        adaptive = score_map in ADAPTIVE_MAPS
+        col = edge_similarity(v.to(dtype), edge_index, similarity,
+                              'raw' if adaptive else score_map, gamma,
+                              pattern=pattern, known=mine, reverse=reverse)
+        if adaptive:
+            col = adaptive_score_map(col, edge_index, num_nodes,
+                                     min(k, num_nodes - 1), score_map)
+        cols.append(col)
     return torch.stack(cols, dim=-1)
 
 
@@ -393,8 +415,11 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
             (default: :obj:`"cosine"`)
         score_map (str, optional): :math:`\phi`: :obj:`"affine"`
             (:math:`(1 + s) / 2`), :obj:`"clamp"` (:math:`\max(s, 0)`),
-            :obj:`"raw"`, or :obj:`"auto"` (affine for cosine, raw
-            otherwise). (default: :obj:`"auto"`)
+            :obj:`"raw"`, :obj:`"auto"` (affine for cosine, raw
+            otherwise), or an adaptive map for cosine, :obj:`"local"`
+            or :obj:`"snf"`, whose bandwidths come from each node's
+            :obj:`k` nearest neighbours (see
+            :mod:`pyg_lego.data.calibration`). (default: :obj:`"auto"`)
         gamma (float, optional): RBF bandwidth; ``1 / d_m`` if :obj:`None`.
         self_loops (bool, optional): Add self-loops. (default: :obj:`True`)
         zero_rows (str, optional): A zero row under cosine is an
@@ -455,7 +480,7 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
         views, k, similarity, self_loops, num_nodes, device, memory_budget,
         progress, backend, knn_options)
     edge_attr = _scores(views, edge_index, similarity, score_map, gamma,
-                        num_nodes, known, reverse)
+                        num_nodes, known, reverse, k=k)
     del known, reverse
     recall = {name: knn_recall(res.edge_index, views[name], k,
                                recall_sample, similarity)

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from pyg_lego import numba_runtime
+from pyg_lego.data.calibration import ADAPTIVE_MAPS
 
 SIMILARITIES = ('cosine', 'dot', 'rbf')
-SCORE_MAPS = ('auto', 'affine', 'clamp', 'raw')
+SCORE_MAPS = ('auto', 'affine', 'clamp', 'raw', 'local', 'snf')
 
 #: Rows of ``Z`` whose norm is below this count as zero in cosine scores.
 NORM_EPS = 1e-12
@@ -35,12 +36,18 @@ def resolve_score_map(score_map: str, similarity: str) -> str:
 
     Cosine lies in :math:`[-1, 1]` and is mapped to :math:`[0, 1]`; the RBF
     kernel already lies in :math:`(0, 1]`, and the dot product is unbounded, so
-    an affine map would not bound it either.
+    an affine map would not bound it either. The adaptive maps
+    (:mod:`pyg_lego.data.calibration`) rescale cosine distances and apply to
+    cosine only.
     """
     check_similarity(similarity)
     if score_map not in SCORE_MAPS:
         raise ValueError(f"score_map must be one of {SCORE_MAPS}, "
                          f"got {score_map!r}")
+    if score_map in ADAPTIVE_MAPS and similarity != 'cosine':
+        raise ValueError(f"score_map={score_map!r} rescales cosine "
+                         f"distances; it needs similarity='cosine', got "
+                         f"{similarity!r}")
     if score_map == 'auto':
         return 'affine' if similarity == 'cosine' else 'raw'
     return score_map
@@ -55,6 +62,11 @@ def apply_score_map(s: Tensor, score_map: str) -> Tensor:
         return s.clamp_min(0.0)
     if score_map == 'raw':
         return s
+    if score_map in ADAPTIVE_MAPS:
+        raise ValueError(f"score_map={score_map!r} sets its bandwidths from "
+                         f"the pattern: it is applied by "
+                         f"build_relation_graph and relation_scores, not "
+                         f"edge by edge")
     raise ValueError(f"unresolved score map {score_map!r}")
 
 

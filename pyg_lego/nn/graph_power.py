@@ -9,6 +9,7 @@ from pyg_lego.data.similarity import (CSRPattern, check_similarity,
                                       csr_pattern, csr_rowptr, default_gamma,
                                       edge_similarity, id_dtype, prepare,
                                       resolve_score_map)
+from pyg_lego.data.calibration import ADAPTIVE_MAPS
 from pyg_lego.data.validation import check_edge_index, check_order
 from pyg_lego.nn import locality, masked_numba
 from pyg_lego.nn.locality import Relabel
@@ -144,6 +145,12 @@ class GraphPowerConv(MessagePassing):
         self.order0 = order0
         self.similarity = check_similarity(similarity)
         self.score_map = resolve_score_map(score_map, similarity)
+        if mode == 'propagated' and self.score_map in ADAPTIVE_MAPS:
+            raise ValueError(f"the propagated mode scores propagated "
+                             f"features edge by edge and cannot apply "
+                             f"score_map={score_map!r}, whose bandwidths come "
+                             f"from each node's kNN distances; use "
+                             f"'elementwise' or 'masked'")
         self.gamma = gamma
         self.cached = cached
         self.chunk_size = chunk_size
