@@ -2,6 +2,7 @@ from pyg_lego.nn.path_index import two_hop_paths
 from pyg_lego.nn.norm import relation_norm
 from pyg_lego.nn.graph_power import GraphPowerConv
 from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
+from pyg_lego.nn.sparsify import TopKSparsify, drop_zero_edges, topk_mask
 from pyg_lego.nn.lego import LEGO
 from pyg_lego.nn.heads import GraphSpaceHead, PropagationHead, node_statistics
 
@@ -11,6 +12,9 @@ __all__ = [
     'GraphPowerConv',
     'CoefficientTable',
     'LEGOFusion',
+    'TopKSparsify',
+    'topk_mask',
+    'drop_zero_edges',
     'LEGO',
     'GraphSpaceHead',
     'PropagationHead',
