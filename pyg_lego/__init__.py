@@ -9,6 +9,7 @@ warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in '
 from pyg_lego.data import GivenGraph, RelationData, build_relation_graph
 from pyg_lego.nn import LEGO, GraphPowerConv, LEGOFusion
 from pyg_lego.plot import plot_coefficients
+from pyg_lego.transforms import GraphPowers, RelationGraph
 
 __version__ = '0.1.0'
 
@@ -20,4 +21,6 @@ __all__ = [
     'GraphPowerConv',
     'LEGOFusion',
     'plot_coefficients',
+    'RelationGraph',
+    'GraphPowers',
 ]
