@@ -8,7 +8,7 @@ EXTRAS ?= dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: env test demo bench clean
+.PHONY: env test demo bench docs clean
 
 env: $(STAMP)
 
@@ -34,5 +34,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/scale.py
 
+# The documentation site (configured in docs/conf.py): warnings,
+# broken cross-references included, are errors.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) runs results
+	rm -rf $(VENV) runs results docs/_build docs/tutorials
