@@ -38,7 +38,7 @@ QUERY_BLOCK = 1 << 16
 IVF_NPROBE = 8
 #: Training points per IVF list (faiss warns below 39).
 IVF_TRAIN_PER_LIST = 40
-#: Recall@k the approximate faiss indexes are tuned to by default: the
+#: Recall@k the approximate faiss indexes are tuned to by default; the
 #: search widens (HNSW ``ef_search``, IVF ``nprobe``, doubled each step)
 #: until a sample of queries reaches it.
 TARGET_RECALL = 0.95

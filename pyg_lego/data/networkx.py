@@ -16,7 +16,7 @@ from pyg_lego.data.validation import check_edge_index
 
 class NetworkXView(NamedTuple):
     r"""What :func:`from_networkx_view` returns."""
-    #: The graph as a view: pass it to
+    #: The graph as a view; pass it to
     #: :func:`~pyg_lego.data.build_relation_graph` among the views.
     graph: GivenGraph
     #: The networkx node of every index :math:`0, \ldots, N - 1`.
