@@ -1,6 +1,7 @@
 r"""Relationship graphs: several views of the same :math:`N` nodes become one
 PyG :class:`~torch_geometric.data.Data` with a shared sparse edge pattern and
-every view's relation score on every edge (METHOD.md, section 1)."""
+every view's relation score on every edge (the documentation's method page,
+docs/method.rst, section 1)."""
 import logging
 from dataclasses import dataclass
 from functools import reduce

@@ -1,5 +1,5 @@
-r"""Similarity functions and score maps of the relation graphs (METHOD.md,
-section 1).
+r"""Similarity functions and score maps of the relation graphs (the
+documentation's method page, docs/method.rst, section 1).
 
 Edge-wise scores are computed by an autograd function that never holds an
 ``[|E|, d]`` tensor, in the forward pass or in the backward pass: dot products

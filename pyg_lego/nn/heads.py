@@ -19,7 +19,8 @@ def _check_fused(fused: Tensor, edge_index: Tensor,
 
 
 class GraphSpaceHead(torch.nn.Module):
-    r"""The graph-space head of LEGO for small graphs (METHOD.md, section 4):
+    r"""The graph-space head of LEGO for small graphs (the documentation's
+    method page, docs/method.rst, section 4):
     each node is represented by its row of the dense fused graph and scored
     by a small MLP,
 

@@ -1,5 +1,5 @@
-"""Weakly supervised video anomaly detection with LEGO fusion (METHOD.md,
-section 5)."""
+"""Weakly supervised video anomaly detection with LEGO fusion (the
+documentation's method page, docs/method.rst, section 5)."""
 from pyg_lego.vad.video import (Video, VideoGraphDataset, resample,
                                 segments_to_snippets, snippets_to_frames,
                                 video_graph)

@@ -1,5 +1,6 @@
 r"""Readers for the public pre-extracted feature layouts of video anomaly
-detection (UCF-Crime, XD-Violence, ShanghaiTech; METHOD.md, section 5).
+detection (UCF-Crime, XD-Violence, ShanghaiTech; the documentation's method
+page, docs/method.rst, section 5).
 
 Features: one :obj:`.npy` per video and per view,
 :obj:`<root>/<view>/<video><suffix>.npy`, of shape :math:`(T, D)` or ten-crop

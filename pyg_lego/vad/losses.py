@@ -1,4 +1,5 @@
-r"""Weak-supervision losses for video anomaly detection (METHOD.md, section 5):
+r"""Weak-supervision losses for video anomaly detection (the documentation's
+method page, docs/method.rst, section 5):
 only video labels are known, snippet scores are the instances of a
 multiple-instance bag per video.
 

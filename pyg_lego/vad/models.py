@@ -1,5 +1,6 @@
 r"""Snippet scorers for weakly supervised video anomaly detection: LEGO fusion
-with the graph-space head (METHOD.md, sections 4-5) and the feature-fusion
+with the graph-space head (the documentation's method page, docs/method.rst,
+sections 4-5) and the feature-fusion
 baselines the field compares against, behind one interface.
 
 Every model maps a mini-batch of video relation graphs (see

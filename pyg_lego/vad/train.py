@@ -1,6 +1,7 @@
 r"""Training and evaluation of snippet scorers under weak supervision:
 seeded runs, checkpoints that resume exactly, frame-level AUC / AP, and
-results written as JSON and markdown (METHOD.md, section 5)."""
+results written as JSON and markdown (the documentation's method page,
+docs/method.rst, section 5)."""
 import json
 import os
 import random

@@ -1,5 +1,6 @@
 r"""One video as several views of snippet features, its temporal resampling to
-:math:`T` segments and back, and its relation graph (METHOD.md, section 5)."""
+:math:`T` segments and back, and its relation graph (the documentation's
+method page, docs/method.rst, section 5)."""
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
