@@ -5,7 +5,6 @@ docs/_build/html``). Nothing is downloaded at build time: intersphinx is off,
 and the tutorials are the committed notebooks, rendered with their stored
 outputs (no kernel is started).
 """
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,7 +37,6 @@ source_suffix = {
 }
 root_doc = 'index'
 exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store', '**.ipynb_checkpoints']
-templates_path = []
 
 # -- The tutorials: the committed notebooks ----------------------------------
 # Sphinx reads sources only below docs/, so notebooks/*.ipynb are copied into
@@ -195,4 +193,3 @@ def setup(app):
 # -- HTML ----------------------------------------------------------------------
 html_theme = 'furo'
 html_title = f'pyg-lego {release}'
-html_static_path = []
