@@ -204,3 +204,23 @@ def fuse(powers: Tensor, fusion: LEGOFusion) -> Tensor:
                 g = g + prod
         out.append(g)
     return torch.stack(out)
+
+
+def topk(g: Tensor, mask: Tensor, k: int) -> Tensor:
+    r""":class:`~pyg_lego.nn.TopKSparsify` on dense fused graphs
+    :math:`(C, N, N)` (or one :math:`(N, N)`): each row keeps its :obj:`k`
+    largest entries on the pattern :obj:`mask` off the diagonal (ties: the
+    lower column, the earlier edge of a coalesced pattern), made symmetric,
+    and the diagonal."""
+    if g.dim() == 3:
+        return torch.stack([topk(c, mask, k) for c in g])
+    n = g.size(0)
+    eye = torch.eye(n, dtype=torch.bool, device=g.device)
+    candidate = mask.bool() & ~eye
+    key = g.detach().masked_fill(~candidate, float('-inf'))
+    order = torch.argsort(key, dim=1, descending=True, stable=True)[:, :k]
+    chosen = torch.zeros_like(candidate)
+    chosen.scatter_(1, order, True)
+    chosen &= candidate
+    keep = chosen | chosen.T | (eye & mask.bool())
+    return g * keep.to(g.dtype)

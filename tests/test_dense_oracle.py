@@ -9,6 +9,7 @@ from pyg_lego import LEGO, build_relation_graph, dense
 from pyg_lego.data import GivenGraph, relation_scores
 from pyg_lego.nn import GraphPowerConv, LEGOFusion
 from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET
+from pyg_lego.nn.lego import DEFAULT_TOPK
 
 from .conftest import dense_at, random_views, requires_cuda
 
@@ -71,6 +72,47 @@ def test_lego_forward_and_gradients_match_dense(case, mode, kind, rank,
     _lego_against_dense(case, mode, kind, rank, dtype, 'cpu')
 
 
+
+@pytest.mark.parametrize('mode', ['elementwise', 'masked', 'propagated'])
+@pytest.mark.parametrize('case,topk', [
+    (dict(n=40, m=3, P=2, k=6, self_loops=True, seed=4), 4),
+    (dict(n=30, m=2, P=3, k=29, self_loops=True, seed=5), None)],  # complete
+    ids=['knn-topk4', 'complete-default'])
+def test_lego_default_sparsifies_like_dense(case, topk, mode):
+    # LEGO's default top-k (or a smaller one) against the dense fused graph
+    # sparsified by dense.topk, forward and gradients (float64: no near-ties
+    # between the k-th and the next weight).
+    views = random_views(case['n'], [4 + i for i in range(case['m'])],
+                         torch.float64, case['seed'])
+    names = list(views)
+    data = build_relation_graph(views, k=case['k'])
+    kw = {} if topk is None else {'topk': topk}
+    model = LEGO(names, P=case['P'], mode=mode, out_channels=2,
+                 **kw).double()
+    assert model.topk == (topk or DEFAULT_TOPK)
+    leaves = {n: v.clone().requires_grad_() for n, v in views.items()}
+    out = model(data.edge_index, relation_scores(leaves, data.edge_index),
+                xs=list(leaves.values()))
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    (out * weights).sum().backward()
+    grads = [leaves[n].grad for n in names] + [model.fusion.weight.grad]
+    model.zero_grad()
+    dleaves = {n: v.clone().requires_grad_() for n, v in views.items()}
+    mask, r = dense.relation_graph(dleaves, case['k'])
+    g = dense.fuse(dense.graph_powers(r, mask, case['P'], mode,
+                                      xs=list(dleaves.values())),
+                   model.fusion)
+    g = dense.topk(g, mask, model.topk)
+    ei = data.edge_index
+    ref = g[:, ei[0], ei[1]].t()
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    assert bool((out == 0).any()), "the case must drop edges"
+    (ref * weights).sum().backward()
+    dgrads = [dleaves[n].grad for n in names] + [model.fusion.weight.grad]
+    for a, b in zip(grads, dgrads):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
 @requires_cuda
 @pytest.mark.parametrize('mode', ['elementwise', 'masked',
                                   'masked:streamed', 'propagated'])
@@ -99,8 +141,10 @@ def _lego_against_dense(case, mode, kind, rank, dtype, device):
     mask, _ = _check_pattern(data.to('cpu'), views, case['k'],
                              case['self_loops'])
 
+    # The expansion and fusion here; the sparsification in
+    # test_lego_default_sparsifies_like_dense.
     model = LEGO(names, P=case['P'], mode=mode, fusion=kind, rank=rank,
-                 out_channels=2, kernel=kernel,
+                 out_channels=2, kernel=kernel, topk=None,
                  memory_budget=0 if variant == 'streamed' else
                  DEFAULT_PATH_BUDGET).to(dtype)
     ref_weight = model.fusion.weight.detach().clone()

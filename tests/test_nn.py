@@ -26,9 +26,12 @@ def test_repr():
     assert repr(LEGOFusion(3, 2, 4, rank=5)) == (
         "LEGOFusion(num_views=3, P=2, out_channels=4, kind='polynomial', "
         "rank=5)")
-    assert repr(LEGO(['a', 'b'], fusion='linear')) == (
+    assert repr(LEGO(['a', 'b'])) == (
         "LEGO(views=['a', 'b'], P=2, mode='masked', fusion='linear', "
-        "out_channels=1)")
+        "out_channels=1, topk=20)")
+    assert repr(LEGO(['a', 'b'], fusion='polynomial', topk=None)) == (
+        "LEGO(views=['a', 'b'], P=2, mode='masked', fusion='polynomial', "
+        "out_channels=1, topk=None)")
     assert repr(PropagationHead(8, 16, 2)) == (
         'PropagationHead(8, 2, num_layers=2, channels=1, conv=GCNConv)')
 

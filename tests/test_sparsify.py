@@ -3,7 +3,7 @@ forward and gradients, on kNN and complete patterns."""
 import pytest
 import torch
 
-from pyg_lego import build_relation_graph
+from pyg_lego import build_relation_graph, dense
 from pyg_lego.nn import TopKSparsify, drop_zero_edges, topk_mask
 from pyg_lego.nn.sparsify import reverse_edges
 
@@ -41,6 +41,12 @@ def test_topk_equals_dense(n, k_graph, k):
          ).round()
     mask = topk_mask(ei, w, k, n)
     assert torch.equal(mask, _dense_topk(ei, w, k, n))
+    # pyg_lego.dense's matrix form, the oracle of LEGO's default.
+    g = torch.zeros(n, n, dtype=torch.float64)
+    g[ei[0], ei[1]] = w + 1  # no zero weights: kept means non-zero
+    pattern = torch.zeros(n, n, dtype=torch.bool)
+    pattern[ei[0], ei[1]] = True
+    assert torch.equal(dense.topk(g, pattern, k)[ei[0], ei[1]] != 0, mask)
     # Symmetric, self-loops kept, at least min(k, degree) per node.
     rev = reverse_edges(ei, n)
     assert torch.equal(mask, mask[rev])

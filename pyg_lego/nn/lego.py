@@ -7,6 +7,14 @@ from torch_geometric.data import Data
 from pyg_lego.data.relation import graph_attribute, view_features
 from pyg_lego.nn.fusion import CoefficientTable, LEGOFusion
 from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET, GraphPowerConv
+from pyg_lego.nn.sparsify import TopKSparsify
+
+#: Edges per node that :class:`LEGO` keeps of its fused graph by default:
+#: chosen, with the masked mode and the linear fusion, by the validation-only
+#: development sweep of the fusion study over four multi-view data sets
+#: (:mod:`pyg_lego.multiview.fusion_study`,
+#: ``benchmarks/results/fusion_dev.json``).
+DEFAULT_TOPK = 20
 
 
 class LEGO(torch.nn.Module):
@@ -14,14 +22,23 @@ class LEGO(torch.nn.Module):
     Operators for Multi-Modal Feature Fusion" paper (ICLR 2025):
     relation scores :math:`\to` graph power expansion
     (:class:`GraphPowerConv`) :math:`\to` learnable fusion
-    (:class:`LEGOFusion`) :math:`\to` fused edge weights.
+    (:class:`LEGOFusion`) :math:`\to` fused edge weights, of which each node
+    keeps its :obj:`topk` heaviest (:class:`TopKSparsify`).
 
     .. math::
-        \mathbf{G} = f_{\Theta}\big( \{ \mathbf{R}^{(p)}_m \}_{m \le M,
-        \, p \le P} \big) \in \mathbb{R}^{|\mathcal{E}| \times C}
+        \mathbf{G} = \mathrm{top}_k\Big( f_{\Theta}\big( \{
+        \mathbf{R}^{(p)}_m \}_{m \le M, \, p \le P} \big) \Big) \in
+        \mathbb{R}^{|\mathcal{E}| \times C}
 
     The fused weights can be the :obj:`edge_weight` of any PyG layer over the
-    same :obj:`edge_index`, or feed :class:`GraphSpaceHead`.
+    same :obj:`edge_index` (the dropped edges weigh 0;
+    :func:`drop_zero_edges` removes them), or feed :class:`GraphSpaceHead`.
+    The shared pattern unites every view's kNN edges, several times
+    :math:`k` per node, most of them proposed by one view only; the
+    sparsification keeps those that the fused weights rank highest.
+    On a mini-batch of whole graphs it acts per graph; on a sampled
+    subgraph (:class:`~torch_geometric.loader.NeighborLoader`) it ranks the
+    edges the subgraph holds.
 
     Args:
         view_names (list of str): The views, in the order of the score
@@ -29,8 +46,11 @@ class LEGO(torch.nn.Module):
         P (int, optional): Highest order :math:`P`. (default: :obj:`2`)
         mode (str, optional): Expansion mode, see :class:`GraphPowerConv`.
             (default: :obj:`"masked"`)
-        fusion (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
-            (default: :obj:`"polynomial"`)
+        fusion (str, optional): :obj:`"linear"` or :obj:`"polynomial"`.
+            The polynomial multiplies the views' factors edge by edge, so
+            it keeps little of an edge that one view scores near zero (on
+            sparse given graphs: every edge the graphs do not share).
+            (default: :obj:`"linear"`)
         out_channels (int, optional): Fused graphs :math:`C`.
             (default: :obj:`1`)
         rank (int, optional): CP rank, see :class:`LEGOFusion`.
@@ -49,6 +69,9 @@ class LEGO(torch.nn.Module):
         kernel (str, optional): :obj:`"auto"`, :obj:`"numba"` or
             :obj:`"torch"`: how the masked power runs on the CPU, see
             :class:`GraphPowerConv`. (default: :obj:`"auto"`)
+        topk (int, optional): Edges kept per node (each fused channel keeps
+            its own); :obj:`None` keeps every edge of the pattern.
+            (default: :obj:`20`, :data:`DEFAULT_TOPK`)
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, relation scores
@@ -58,13 +81,14 @@ class LEGO(torch.nn.Module):
     """
 
     def __init__(self, view_names: Sequence[str], P: int = 2,
-                 mode: str = 'masked', fusion: str = 'polynomial',
+                 mode: str = 'masked', fusion: str = 'linear',
                  out_channels: int = 1, rank: Optional[int] = None,
                  order0: str = 'self', similarity: str = 'cosine',
                  score_map: str = 'auto', gamma: Optional[float] = None,
                  cached: bool = False,
                  memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
-                 kernel: str = 'auto'):
+                 kernel: str = 'auto',
+                 topk: Optional[int] = DEFAULT_TOPK):
         super().__init__()
         if isinstance(view_names, str) or \
                 not isinstance(view_names, Sequence) or \
@@ -83,6 +107,7 @@ class LEGO(torch.nn.Module):
         self.fusion = LEGOFusion(len(self.view_names), P,
                                  out_channels=out_channels, kind=fusion,
                                  rank=rank, view_names=self.view_names)
+        self.sparsify = TopKSparsify(topk) if topk is not None else None
 
     @property
     def P(self) -> int:
@@ -91,6 +116,10 @@ class LEGO(torch.nn.Module):
     @property
     def mode(self) -> str:
         return self.expansion.mode
+
+    @property
+    def topk(self) -> Optional[int]:
+        return self.sparsify.k if self.sparsify is not None else None
 
     def reset_parameters(self):
         self.expansion.reset_parameters()
@@ -108,7 +137,10 @@ class LEGO(torch.nn.Module):
                              f"{self.view_names}")
         powers = self.expansion(edge_index, edge_attr, xs=xs,
                                 num_nodes=num_nodes, path_index=path_index)
-        return self.fusion(powers)
+        fused = self.fusion(powers)
+        if self.sparsify is not None:
+            fused = self.sparsify(edge_index, fused, num_nodes)
+        return fused
 
     def fuse(self, data: Data) -> Tensor:
         r"""Fused edge weights of a graph (or a mini-batch) made by
@@ -140,4 +172,5 @@ class LEGO(torch.nn.Module):
         return (f'{self.__class__.__name__}(views={self.view_names}, '
                 f'P={self.P}, mode={self.mode!r}, '
                 f'fusion={self.fusion.kind!r}, '
-                f'out_channels={self.fusion.out_channels})')
+                f'out_channels={self.fusion.out_channels}, '
+                f'topk={self.topk})')

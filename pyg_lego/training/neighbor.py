@@ -35,6 +35,7 @@ from torch_geometric.sampler.base import SubgraphType
 
 from pyg_lego.nn.lego import LEGO
 from pyg_lego.nn.norm import relation_norm
+from pyg_lego.nn.sparsify import drop_zero_edges
 
 
 def native_sampling() -> bool:
@@ -192,18 +193,21 @@ def fused_graph(data: Data, model: LEGO, x: Optional[Tensor] = None,
     Returns:
         :class:`~torch_geometric.data.Data` with :obj:`x`,
         :obj:`edge_index`, :obj:`edge_attr` (fused weights
-        :math:`(|\mathcal{E}|, C)`) and :obj:`attrs`.
+        :math:`(|\mathcal{E}|, C)`) and :obj:`attrs`. The edges of zero
+        weight in every channel (those the model's top-k drops) are left
+        out, so that neighbour sampling draws only edges that carry weight.
     """
     fused = model.fuse(data)
     if normalize:
         fused = relation_norm(data.edge_index, fused, data.num_nodes)
+    edge_index, fused = drop_zero_edges(data.edge_index, fused)
     if x is None:
         x = torch.cat([data[f'x_{name}'] for name in data.view_names
                        if f'x_{name}' in data], dim=-1)
     if x.size(0) != data.num_nodes:
         raise ValueError(f"x has {x.size(0)} rows but the graph has "
                          f"{data.num_nodes} nodes")
-    return Data(x=x, edge_index=data.edge_index, edge_attr=fused,
+    return Data(x=x, edge_index=edge_index, edge_attr=fused,
                 num_nodes=data.num_nodes, **attrs)
 
 

@@ -116,8 +116,11 @@ class LEGOVAD(torch.nn.Module):
                              f"{feature_channels}")
         self.view_names = list(view_names)
         self.T = T
+        # A video's graph is complete over its T snippets and its heads read
+        # every relation: no sparsification (the fusion study's default is
+        # for kNN patterns).
         self.lego = LEGO(self.view_names, P=P, mode=mode, fusion=fusion,
-                         out_channels=channels, rank=rank)
+                         out_channels=channels, rank=rank, topk=None)
         self.feature_channels = feature_channels
         if feature_channels:
             if dims is None:
