@@ -182,3 +182,73 @@ def label_propagation(y: Tensor, train_index: Tensor, graph: Graph,
                      add_self_loops=False)
     return model(y, ei, mask=train_index, edge_weight=w)
 
+
+
+class SemanticAttentionGNN(torch.nn.Module):
+    r"""The multi-graph GNN of HAN ("Heterogeneous Graph Attention Network",
+    Wang et al., WWW 2019) with GCN layers: one two-layer GCN per view
+    graph, combined by semantic attention over the views,
+
+    .. math::
+        \mathbf{Z}_m = \mathrm{GCN}_m(\mathbf{X}, \mathcal{E}_m), \qquad
+        \beta_m = \mathrm{softmax}_m \Big( \frac{1}{N} \sum_{i}
+        \mathbf{q}^\top \tanh(\mathbf{W} \mathbf{z}_{m,i} + \mathbf{b})
+        \Big), \qquad \mathbf{Y} = \sum_m \beta_m \mathbf{Z}_m.
+
+    HAN learns node-level attention inside each graph as well; here each
+    view's graph is convolved by a GCN (as :class:`GNN` :obj:`"gcn"` does),
+    so that the comparison isolates how the views are combined. With one
+    view it is that GCN.
+
+    Args:
+        num_views (int): :math:`M`, the graphs.
+        in_channels (int): Input width.
+        hidden_channels (int): Hidden width of each GCN.
+        out_channels (int): Classes.
+        dropout (float, optional): Dropout probability. (default: :obj:`0.5`)
+        attention_channels (int, optional): Width of :math:`\mathbf{W}`.
+            (default: :obj:`16`)
+
+    Shapes:
+        - **input:** node features :math:`(N, F_{in})`, one graph per view
+          (:class:`Graph`)
+        - **output:** logits :math:`(N, F_{out})`
+    """
+
+    def __init__(self, num_views: int, in_channels: int,
+                 hidden_channels: int, out_channels: int,
+                 dropout: float = 0.5, attention_channels: int = 16):
+        super().__init__()
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.convs = torch.nn.ModuleList([
+            GNN('gcn', in_channels, hidden_channels, out_channels, dropout)
+            for _ in range(num_views)])
+        self.project = torch.nn.Linear(out_channels, attention_channels)
+        self.query = torch.nn.Linear(attention_channels, 1, bias=False)
+
+    def reset_parameters(self):
+        for conv in self.convs:
+            conv.reset_parameters()
+        self.project.reset_parameters()
+        self.query.reset_parameters()
+
+    def view_attention(self, z: Tensor) -> Tensor:
+        r""":math:`\beta` :math:`(M,)` of stacked view outputs
+        :math:`(M, N, F_{out})`."""
+        return self.query(torch.tanh(self.project(z))).mean(dim=1).view(-1) \
+            .softmax(dim=0)
+
+    def forward(self, x: Tensor, graphs: Sequence[Graph]) -> Tensor:
+        if len(graphs) != len(self.convs):
+            raise ValueError(f"expected {len(self.convs)} graphs, got "
+                             f"{len(graphs)}")
+        z = torch.stack([conv(x, g.edge_index, g.edge_weight)
+                         for conv, g in zip(self.convs, graphs)])
+        return (self.view_attention(z).view(-1, 1, 1) * z).sum(dim=0)
+
+    def __repr__(self) -> str:
+        first = self.convs[0]
+        return (f'{self.__class__.__name__}(num_views={len(self.convs)}, '
+                f'{first.in_channels}, {first.hidden_channels}, '
+                f'{first.out_channels}, dropout={first.dropout})')

@@ -11,11 +11,15 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from pyg_lego.data import build_relation_graph
-from pyg_lego.multiview.baselines import (KINDS, GNN, Graph, given_graph,
+from pyg_lego.data import RelationData, build_relation_graph
+from pyg_lego.diagnostics import graph_quality
+from pyg_lego.multiview.baselines import (KINDS, GNN, Graph,
+                                          SemanticAttentionGNN, given_graph,
                                           knn_graph, label_propagation,
                                           mean_normalized_adjacency,
                                           union_graph)
+from pyg_lego.multiview.snf import snf
+from pyg_lego.nn.sparsify import drop_zero_edges, topk_mask
 from pyg_lego.multiview.datasets import MultiViewData
 from pyg_lego.multiview.lego_classifier import LEGOClassifier, expand
 
@@ -81,15 +85,29 @@ class Method:
     Args:
         name (str): Row label.
         family (str): :obj:`"gnn"` (includes :obj:`"mlp"` as head),
-            :obj:`"lp"` or :obj:`"lego"`.
+            :obj:`"lp"`, :obj:`"lego"` or :obj:`"attention"` (the
+            :class:`~pyg_lego.multiview.baselines.SemanticAttentionGNN` over
+            the views' graphs).
         head (str): A :class:`~pyg_lego.multiview.baselines.GNN` kind.
         graph (str): :obj:`"best_view"` (the view whose kNN or given graph
             label propagation finds best on the validation nodes),
             :obj:`"concat"` (kNN over all features concatenated, united with
             the given graphs), :obj:`"mean"` (mean of the views' normalised
-            adjacencies), or :obj:`"view:<name>"`.
+            adjacencies), :obj:`"snf"` (Similarity Network Fusion of the
+            :obj:`"snf"` scores on the shared pattern, each node's
+            :obj:`topk` heaviest edges kept), :obj:`"fused_mean"` (the mean
+            of the views' :obj:`score_map` scores, sparsified with
+            :obj:`topk`: LEGO's fixed fusion as a plain graph) or
+            :obj:`"view:<name>"`.
         mode (str): LEGO expansion mode.
         fusion (str): LEGO fusion kind.
+        score_map (str): Score map of LEGO's relation graph (and of
+            :obj:`"fused_mean"`).
+        topk (int, optional): LEGO's sparsification (and that of the
+            :obj:`"snf"` and :obj:`"fused_mean"` graphs); :obj:`None` keeps
+            the whole pattern.
+        learn (bool): Whether LEGO learns its fusion (:obj:`False`: fixed
+            equal view weights on order 1).
     """
     name: str
     family: str
@@ -97,6 +115,9 @@ class Method:
     graph: str = 'concat'
     mode: str = 'masked'
     fusion: str = 'linear'
+    score_map: str = 'affine'
+    topk: Optional[int] = None
+    learn: bool = True
 
 
 def default_methods(heads: Sequence[str] = ('gcn', 'gat', 'sgc', 'appnp',
@@ -153,13 +174,45 @@ class Context:
             'mean': mean_normalized_adjacency(list(self.view_graphs.values()),
                                               n),
         }
-        self.relation = build_relation_graph(data.views, k=k)
-        self._powers: Dict[str, Tensor] = {}
+        self._relations: Dict[str, RelationData] = {}
+        self._powers: Dict[Tuple[str, str], Tensor] = {}
+        self._fused: Dict[Tuple[str, Optional[int]], Graph] = {}
 
-    def powers(self, mode: str) -> Tensor:
-        if mode not in self._powers:
-            self._powers[mode] = expand(self.relation, self.P, mode)
-        return self._powers[mode]
+    @property
+    def relation(self) -> RelationData:
+        r"""LEGO's relation graph with the affine score map."""
+        return self.relation_graph('affine')
+
+    def relation_graph(self, score_map: str) -> RelationData:
+        if score_map not in self._relations:
+            self._relations[score_map] = build_relation_graph(
+                self.data.views, k=self.k, score_map=score_map)
+        return self._relations[score_map]
+
+    def powers(self, mode: str, score_map: str = 'affine') -> Tensor:
+        key = (score_map, mode)
+        if key not in self._powers:
+            self._powers[key] = expand(self.relation_graph(score_map),
+                                       self.P, mode)
+        return self._powers[key]
+
+    def fused_graph(self, kind: str, score_map: str = 'affine',
+                    topk: Optional[int] = None) -> Graph:
+        r"""The parameter-free fused graphs: :obj:`"snf"` or
+        :obj:`"fused_mean"` (see :class:`Method`), on the shared pattern
+        without the edges :obj:`topk` drops."""
+        key = (kind, score_map if kind == 'fused_mean' else 'snf', topk)
+        if key not in self._fused:
+            rel = self.relation_graph(key[1])
+            n = rel.num_nodes
+            if kind == 'snf':
+                w = snf(rel.edge_index, rel.edge_attr, n, k=self.k)
+            else:
+                w = rel.edge_attr.clamp_min(0).mean(dim=1)
+            if topk is not None:
+                w = w * topk_mask(rel.edge_index, w, topk, n).to(w.dtype)
+            self._fused[key] = Graph(*drop_zero_edges(rel.edge_index, w))
+        return self._fused[key]
 
     def best_view(self, split: Split) -> str:
         r"""The view whose graph label propagation (:math:`\alpha = 0.9`)
@@ -171,7 +224,10 @@ class Context:
         }
         return max(scores, key=scores.get)
 
-    def graph(self, key: str, split: Split) -> Graph:
+    def graph(self, key: str, split: Split, score_map: str = 'affine',
+              topk: Optional[int] = None) -> Graph:
+        if key in ('snf', 'fused_mean'):
+            return self.fused_graph(key, score_map, topk)
         if key == 'best_view':
             return self.view_graphs[self.best_view(split)]
         if key.startswith('view:'):
@@ -182,7 +238,8 @@ class Context:
             return self.view_graphs[name]
         if key not in self.graphs:
             raise ValueError(f"unknown graph '{key}'; use 'best_view', "
-                             f"'concat', 'mean' or 'view:<name>'")
+                             f"'concat', 'mean', 'snf', 'fused_mean' or "
+                             f"'view:<name>'")
         return self.graphs[key]
 
 
@@ -199,6 +256,7 @@ class Fit:
     config: Dict[str, float]
     model: Optional[torch.nn.Module] = None
     epochs: int = 0
+    graph: Optional[Graph] = None
 
 
 def train_node_classifier(model: torch.nn.Module,
@@ -251,17 +309,17 @@ def fit_method(method: Method, ctx: Context, split: Split,
     configuration on one split."""
     y = ctx.data.y
     if method.family == 'lp':
-        g = ctx.graph(method.graph, split)
+        g = ctx.graph(method.graph, split, method.score_map, method.topk)
         out = label_propagation(y, split.train, g, alpha=config['alpha'])
         return Fit(_accuracy(out, y, split.val), _accuracy(out, y, split.test),
-                   dict(config))
+                   dict(config), graph=g)
     if method.head not in KINDS:
         raise ValueError(f"unknown head {method.head!r}; heads: {KINDS}")
     torch.manual_seed(seed)
     hidden, dropout = int(config['hidden']), float(config['dropout'])
     out_channels = ctx.data.num_classes
     if method.family == 'gnn':
-        g = ctx.graph(method.graph, split)
+        g = ctx.graph(method.graph, split, method.score_map, method.topk)
         model = GNN(method.head, ctx.x.size(1), hidden, out_channels, dropout,
                     weighted=g.edge_weight is not None)
 
@@ -269,22 +327,38 @@ def fit_method(method: Method, ctx: Context, split: Split,
             return model(ctx.x, g.edge_index, g.edge_weight)
         no_decay = ()
     elif method.family == 'lego':
-        model = LEGOClassifier(ctx.relation.view_names,
-                               ctx.powers(method.mode), method.head,
-                               ctx.x.size(1), hidden, out_channels,
-                               fusion=method.fusion, dropout=dropout)
-        edge_index = ctx.relation.edge_index
+        rel = ctx.relation_graph(method.score_map)
+        model = LEGOClassifier(rel.view_names,
+                               ctx.powers(method.mode, method.score_map),
+                               method.head, ctx.x.size(1), hidden,
+                               out_channels, fusion=method.fusion,
+                               dropout=dropout, topk=method.topk,
+                               learn=method.learn)
+        edge_index = rel.edge_index
 
         def forward():
             return model(ctx.x, edge_index)
         no_decay = list(model.fusion.parameters())
+    elif method.family == 'attention':
+        graphs = list(ctx.view_graphs.values())
+        model = SemanticAttentionGNN(len(graphs), ctx.x.size(1), hidden,
+                                     out_channels, dropout)
+
+        def forward():
+            return model(ctx.x, graphs)
+        no_decay = ()
     else:
-        raise ValueError(f"unknown family {method.family!r}; use 'gnn', 'lp' "
-                         f"or 'lego'")
+        raise ValueError(f"unknown family {method.family!r}; use 'gnn', "
+                         f"'lp', 'lego' or 'attention'")
     val, test, ran = train_node_classifier(
         model, forward, y, split, float(config['lr']),
         float(config['weight_decay']), epochs, patience, no_decay)
-    return Fit(val, test, dict(config), model, ran)
+    if method.family == 'lego':
+        with torch.no_grad():
+            g = Graph(edge_index, model.fused_graph(edge_index, y.numel()))
+    elif method.family == 'attention':
+        g = None
+    return Fit(val, test, dict(config), model, ran, g)
 
 
 def lp_alphas(budget: int) -> List[float]:
@@ -339,6 +413,7 @@ class Record:
     seconds: float
     coefficients: Optional[Dict[str, Dict[str, float]]] = None
     shares: Optional[Dict[str, float]] = None
+    quality: Optional[Dict[str, float]] = None
 
 
 def run_benchmark(data: MultiViewData, methods: Sequence[Method],
@@ -383,7 +458,7 @@ def run_benchmark(data: MultiViewData, methods: Sequence[Method],
                     fit = fit_method(method, ctx, split, chosen, epochs,
                                      patience, seed)
                 records.append(_record(method, per_class, seed, fit,
-                                       time.perf_counter() - start))
+                                       time.perf_counter() - start, data.y))
             if bar is not None:
                 bar.update()
     if bar is not None:
@@ -392,9 +467,13 @@ def run_benchmark(data: MultiViewData, methods: Sequence[Method],
 
 
 def _record(method: Method, per_class: int, seed: int, fit: Fit,
-            seconds: float) -> Record:
+            seconds: float, y: Tensor) -> Record:
+    quality = None
+    if fit.graph is not None and method.head != 'mlp':
+        quality = graph_quality(fit.graph.edge_index, y,
+                                fit.graph.edge_weight)
     rec = Record(method.name, per_class, seed, fit.val, fit.test, fit.config,
-                 seconds)
+                 seconds, quality=quality)
     if isinstance(fit.model, LEGOClassifier):
         table = fit.model.coefficients()
         rec.coefficients = table.to_dict()

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from pyg_lego.data import RelationData, view_features
-from pyg_lego.nn import CoefficientTable, GraphPowerConv, LEGOFusion
+from pyg_lego.nn import (CoefficientTable, GraphPowerConv, LEGOFusion,
+                         TopKSparsify, topk_mask)
 from pyg_lego.multiview.baselines import GNN
 
 
@@ -48,6 +49,14 @@ class LEGOClassifier(torch.nn.Module):
             (default: :obj:`"linear"`)
         dropout (float, optional): Dropout of the head. (default: :obj:`0.5`)
         rank (int, optional): CP rank of the polynomial fusion.
+        topk (int, optional): Keep per node the :obj:`topk` heaviest fused
+            edges (:class:`~pyg_lego.nn.TopKSparsify`); :obj:`None` keeps
+            every edge. (default: :obj:`None`)
+        learn (bool, optional): Learn the fusion coefficients; if
+            :obj:`False`, they are fixed equal weights :math:`1 / M` on
+            every view's order 1 (the mean relation score in the
+            element-wise mode), the baseline that tells whether learning
+            pays. (default: :obj:`True`)
 
     Shapes:
         - **input:** node features :math:`(N, F_{in})`, edge indices
@@ -58,7 +67,8 @@ class LEGOClassifier(torch.nn.Module):
     def __init__(self, view_names: Sequence[str], powers: Tensor, head: str,
                  in_channels: int, hidden_channels: int, out_channels: int,
                  fusion: str = 'linear', dropout: float = 0.5,
-                 rank: Optional[int] = None):
+                 rank: Optional[int] = None, topk: Optional[int] = None,
+                 learn: bool = True):
         super().__init__()
         if powers.dim() != 3 or powers.size(1) != len(view_names):
             raise ValueError(f"powers must have shape [|E|, {len(view_names)},"
@@ -66,20 +76,47 @@ class LEGOClassifier(torch.nn.Module):
         self.fusion = LEGOFusion(len(view_names), powers.size(2) - 1,
                                  kind=fusion, rank=rank,
                                  view_names=view_names)
+        if not learn and (fusion != 'linear' or powers.size(2) < 2):
+            raise ValueError("learn=False fixes a linear fusion on order 1: "
+                             "it needs fusion='linear' and P >= 1")
+        self.learn = learn
         self.register_buffer('powers', powers)
+        self.sparsify = TopKSparsify(topk) if topk is not None else None
         self.head = GNN(head, in_channels, hidden_channels, out_channels,
                         dropout, weighted=True)
+        self.reset_parameters()
 
     def reset_parameters(self):
         self.fusion.reset_parameters()
+        if not self.learn:
+            with torch.no_grad():
+                self.fusion.weight.zero_()
+                self.fusion.weight[:, :, 1] = 1.0 / self.fusion.num_views
+            self.fusion.weight.requires_grad_(False)
         self.head.reset_parameters()
 
-    def fused_graph(self) -> Tensor:
-        r"""The fused edge weights :math:`(|\mathcal{E}|,)` the head uses."""
-        return self.fusion(self.powers)[:, 0].relu()
+    def fused_graph(self, edge_index: Optional[Tensor] = None,
+                    num_nodes: Optional[int] = None) -> Tensor:
+        r"""The fused edge weights :math:`(|\mathcal{E}|,)` the head uses
+        (zero on the edges the sparsification drops, which needs the
+        graph's :obj:`edge_index`)."""
+        weight = self.fusion(self.powers)[:, 0].relu()
+        if self.sparsify is not None:
+            if edge_index is None:
+                raise ValueError("a sparsified fused graph needs the "
+                                 "edge_index of its pattern")
+            weight = self.sparsify(edge_index, weight, num_nodes)
+        return weight
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        return self.head(x, edge_index, self.fused_graph())
+        weight = self.fusion(self.powers)[:, 0].relu()
+        if self.sparsify is not None:
+            # The head runs on the kept edges only: for the heads that sum
+            # weighted messages this equals zero weights on the dropped
+            # ones, at a fraction of the cost.
+            keep = topk_mask(edge_index, weight, self.sparsify.k, x.size(0))
+            edge_index, weight = edge_index[:, keep], weight[keep]
+        return self.head(x, edge_index, weight)
 
     def coefficients(self) -> CoefficientTable:
         return self.fusion.coefficients()
@@ -87,4 +124,6 @@ class LEGOClassifier(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(views={self.fusion.view_names}, '
                 f'P={self.fusion.P}, fusion={self.fusion.kind!r}, '
-                f'head={self.head.kind!r})')
+                f'head={self.head.kind!r}, '
+                f'topk={self.sparsify.k if self.sparsify else None}, '
+                f'learn={self.learn})')
