@@ -7,10 +7,11 @@ baselines on four multi-view data sets.
     python benchmarks/multiview_fusion.py render results/fusion.json \
         --dev results/fusion_dev.json --markdown results/fusion.md
 
-``dev`` is the validation-only sweep that fixed LEGO's defaults; ``study``
-the comparison (``--datasets`` runs a subset, so that the data sets can run
-in parallel processes; ``render`` merges such files); ``render`` writes the
-markdown tables. ``--small`` (or ``PYG_LEGO_SMALL=1``) runs a quick setting.
+``dev`` is the validation-only sweep that fixed LEGO's defaults (``--stage2
+--fusions polynomial`` sweeps the fusion kind at those defaults); ``study``
+the comparison. ``--datasets`` runs a subset, so that the data sets can run
+in parallel processes; ``render`` merges such files (``--study-out`` and
+``--dev-out`` write the merged records) and writes the markdown tables. ``--small`` (or ``PYG_LEGO_SMALL=1``) runs a quick setting.
 """
 import argparse
 import json
