@@ -18,10 +18,10 @@ from pyg_lego.multiview.baselines import (KINDS, GNN, Graph,
                                           knn_graph, label_propagation,
                                           mean_normalized_adjacency,
                                           union_graph)
-from pyg_lego.multiview.snf import snf
-from pyg_lego.nn.sparsify import drop_zero_edges, topk_mask
 from pyg_lego.multiview.datasets import MultiViewData
 from pyg_lego.multiview.lego_classifier import LEGOClassifier, expand
+from pyg_lego.multiview.snf import snf
+from pyg_lego.nn.sparsify import drop_zero_edges, topk_mask
 
 #: The hyper-parameter grid every trained method draws its configurations
 #: from.
@@ -176,7 +176,7 @@ class Context:
         }
         self._relations: Dict[str, RelationData] = {}
         self._powers: Dict[Tuple[str, str], Tensor] = {}
-        self._fused: Dict[Tuple[str, Optional[int]], Graph] = {}
+        self._fused: Dict[Tuple[str, str, Optional[int]], Graph] = {}
 
     @property
     def relation(self) -> RelationData:

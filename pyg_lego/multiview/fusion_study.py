@@ -77,9 +77,10 @@ def fusion_methods(mode: str = LEGO_DEFAULT['mode'],
                    topk: Optional[int] = LEGO_DEFAULT['topk']
                    ) -> List[Method]:
     r"""The baselines and LEGO's rows: learned fusion with a GCN and an
-    APPNP head, the fixed equal-weight fusion sparsified the same way, and
-    label propagation on that fixed graph. SNF's graph is sparsified to the
-    same :obj:`topk`."""
+    APPNP head, the fixed equal-weight fusion (:obj:`learn=False`: the mean
+    of the views' order-1 graphs of :obj:`mode`) sparsified the same way,
+    and label propagation on the sparsified mean of the views' scores. SNF's
+    graph is sparsified to the same :obj:`topk`."""
     lego = dict(mode=mode, score_map=score_map, topk=topk)
     return [
         Method('MLP (concat features)', 'gnn', 'mlp'),

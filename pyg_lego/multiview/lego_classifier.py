@@ -54,9 +54,10 @@ class LEGOClassifier(torch.nn.Module):
             every edge. (default: :obj:`None`)
         learn (bool, optional): Learn the fusion coefficients; if
             :obj:`False`, they are fixed equal weights :math:`1 / M` on
-            every view's order 1 (the mean relation score in the
-            element-wise mode), the baseline that tells whether learning
-            pays. (default: :obj:`True`)
+            every view's order 1 (the mean of the views' scores in the
+            element-wise mode, of their normalised relation graphs
+            :math:`\mathbf{A}_m` in the masked mode), the baseline that
+            tells whether learning pays. (default: :obj:`True`)
 
     Shapes:
         - **input:** node features :math:`(N, F_{in})`, edge indices
