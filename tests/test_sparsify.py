@@ -113,3 +113,36 @@ def test_sparsify_errors():
         TopKSparsify(2)(ei, torch.rand(ei.size(1) + 1))
     with pytest.raises(ValueError, match='edge_weight must have shape'):
         TopKSparsify(2)(ei, torch.rand(ei.size(1), 2, 2))
+
+
+@pytest.mark.parametrize('n,k_graph,k', [(20, 4, 2), (12, 11, 3)])
+def test_topk_paths_agree(n, k_graph, k, monkeypatch):
+    # The padded per-row sort (rows in order), the two global sorts (rows
+    # out of order, or a table too sparse) and the dense oracle agree, ties
+    # included; so do both ways of finding the reverse edges.
+    from pyg_lego.nn import sparsify
+    ei = _graph(n, k_graph, seed=3)
+    w = (torch.rand(ei.size(1), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64) * 3).round()
+    padded = topk_mask(ei, w, k, n)
+    assert torch.equal(padded, _dense_topk(ei, w, k, n))
+    monkeypatch.setattr(sparsify, 'PADDED_MAX_FILL', 0)
+    assert torch.equal(topk_mask(ei, w, k, n), padded)
+    monkeypatch.undo()
+    perm = torch.randperm(ei.size(1), generator=torch.Generator()
+                          .manual_seed(1))
+    # Ties go to the earlier edge, which the shuffle changes: compare on
+    # tie-free weights.
+    w2 = torch.rand(ei.size(1), generator=torch.Generator().manual_seed(2),
+                    dtype=torch.float64)
+    assert torch.equal(topk_mask(ei[:, perm], w2[perm], k, n),
+                       topk_mask(ei, w2, k, n)[perm])
+    rev = reverse_edges(ei, n)
+    rev_shuffled = reverse_edges(ei[:, perm], n)
+    assert torch.equal(ei[:, rev].flip(0), ei)
+    assert torch.equal(ei[:, perm][:, rev_shuffled].flip(0), ei[:, perm])
+
+
+def test_reverse_edges_of_a_directed_pattern():
+    ei = torch.tensor([[0, 0, 1, 1, 2], [0, 1, 1, 2, 0]])
+    assert reverse_edges(ei, 3).tolist() == [0, -1, 2, -1, -1]

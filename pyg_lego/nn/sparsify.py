@@ -5,14 +5,29 @@ from torch import Tensor
 
 from pyg_lego.data.validation import check_edge_index
 
+#: The padded per-row sort of :func:`topk_mask` runs where its table
+#: (nodes x largest degree) holds at most this many times the edges;
+#: beyond (a few nodes of very high degree), two sorts of all edges.
+PADDED_MAX_FILL = 4
+
 
 def reverse_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
     r"""The id of each edge's reverse :math:`(j, i)` in :obj:`edge_index`,
     or :obj:`-1` where the pattern lacks it (a self-loop is its own
     reverse)."""
-    key = edge_index[0] * num_nodes + edge_index[1]
+    row, col = edge_index
+    if row.numel() > 1 and bool((row[1:] >= row[:-1]).all()):
+        # Rows in order: the edges sorted by (col, row) are the reverses of
+        # the edges in their order, where the pattern is symmetric and has
+        # no duplicates; one stable sort of the columns replaces sorting
+        # the keys and searching them.
+        perm = torch.sort(col, stable=True)[1]
+        if torch.equal(row[perm], col) and torch.equal(col[perm], row) and \
+                bool(((row[1:] > row[:-1]) | (col[1:] != col[:-1])).all()):
+            return perm
+    key = row * num_nodes + col
     sorted_key, perm = torch.sort(key)
-    rkey = edge_index[1] * num_nodes + edge_index[0]
+    rkey = col * num_nodes + row
     pos = torch.searchsorted(sorted_key, rkey).clamp_max(key.numel() - 1)
     found = sorted_key[pos] == rkey
     return torch.where(found, perm[pos], torch.full_like(pos, -1))
@@ -49,21 +64,42 @@ def topk_mask(edge_index: Tensor, edge_weight: Tensor, k: int,
         reverse = reverse_edges(edge_index, num_nodes)
     row, col = edge_index
     loop = row == col
-    # Rows in order, heaviest first within a row; self-loops last, so that
-    # they take no place among the k.
+    # Heaviest first within a row; self-loops last, so that they take no
+    # place among the k.
     key = edge_weight.detach().masked_fill(loop, float('-inf'))
-    order = torch.argsort(key, descending=True, stable=True)
-    order = order[torch.argsort(row[order], stable=True)]
     count = torch.bincount(row, minlength=num_nodes)
     start = torch.cumsum(count, 0) - count
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device) - \
-        start[row[order]]
-    chosen = (rank < k) & ~loop
+    chosen = _row_ranks_below(key, row, count, start, k) & ~loop
     by_reverse = torch.zeros_like(chosen)
     has = reverse >= 0
     by_reverse[has] = chosen[reverse[has]]
     return chosen | by_reverse | loop
+
+
+def _row_ranks_below(key: Tensor, row: Tensor, count: Tensor, start: Tensor,
+                     k: int) -> Tensor:
+    r"""Whether each edge is among the :obj:`k` largest :obj:`key` of its
+    row (ties: the earlier edge)."""
+    num = key.numel()
+    width = int(count.max()) if count.numel() else 0
+    if num > 1 and count.numel() * width <= PADDED_MAX_FILL * num and \
+            bool((row[1:] >= row[:-1]).all()):
+        # Rows in order (a coalesced pattern): each row sorted on its own
+        # in a padded [N, max degree] table, the padding after every edge.
+        pos = torch.arange(num, device=key.device) - start[row]
+        table = key.new_full((count.numel(), width), float('-inf'))
+        table[row, pos] = key
+        top = torch.sort(table, dim=1, descending=True,
+                         stable=True)[1][:, :k]
+        taken = torch.zeros(count.numel(), width, dtype=torch.bool,
+                            device=key.device)
+        taken.scatter_(1, top, True)
+        return taken[row, pos]
+    order = torch.argsort(key, descending=True, stable=True)
+    order = order[torch.argsort(row[order], stable=True)]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num, device=key.device) - start[row[order]]
+    return rank < k
 
 
 def _num_nodes(edge_index: Tensor, num_nodes: Optional[int]) -> int:
