@@ -273,3 +273,25 @@ def test_device_benchmark_refuses_cuda_without_a_gpu(tmp_path):
     assert out.returncode != 0
     assert 'torch sees no CUDA device' in out.stderr
     assert not (tmp_path / 'device.json').exists()
+
+
+def test_sparsify_benchmark_writes_its_records(tmp_path):
+    run('--sizes', '300', '600', '--repeat', '1', '--out', str(tmp_path),
+        script=os.path.join(ROOT, 'benchmarks', 'sparsify.py'))
+    result = json.loads((tmp_path / 'sparsify.json').read_text())
+    assert [r['N'] for r in result['rows']] == [300, 600]
+    for r in result['rows']:
+        assert r['topk_s'] > 0 and r['fusion_s'] > 0
+        assert r['time_ratio'] == r['topk_s'] / r['fusion_s']
+    assert '| 600 |' in (tmp_path / 'sparsify.md').read_text()
+
+
+def test_fusion_study_markdown_matches_its_records(tmp_path):
+    # The committed tables are what the committed records render to.
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    out = tmp_path / 'fusion.md'
+    run('render', os.path.join(results, 'fusion.json'), '--dev',
+        os.path.join(results, 'fusion_dev.json'), '--markdown', str(out),
+        script=os.path.join(ROOT, 'benchmarks', 'multiview_fusion.py'))
+    with open(os.path.join(results, 'fusion.md')) as f:
+        assert out.read_text() == f.read()
