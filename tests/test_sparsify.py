@@ -146,3 +146,22 @@ def test_topk_paths_agree(n, k_graph, k, monkeypatch):
 def test_reverse_edges_of_a_directed_pattern():
     ei = torch.tensor([[0, 0, 1, 1, 2], [0, 1, 1, 2, 0]])
     assert reverse_edges(ei, 3).tolist() == [0, -1, 2, -1, -1]
+
+
+def test_duplicate_edges_count_once():
+    # Copies of an edge (as in an uncoalesced input) are one edge of their
+    # largest weight: the mask equals the coalesced graph's, copy by copy.
+    n = 14
+    ei = _graph(n, 6, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.rand(ei.size(1), generator=gen, dtype=torch.float64)
+    dup = torch.randperm(ei.size(1), generator=gen)[:ei.size(1) // 2]
+    ids = torch.cat([torch.arange(ei.size(1)), dup])
+    order = torch.randperm(ids.numel(), generator=gen)
+    ids = ids[order]
+    copies = w[ids].clone()
+    copies[order.argsort()[ei.size(1):]] *= 0.5  # lighter second copies
+    expect = topk_mask(ei, w, 3, n)[ids]
+    assert torch.equal(topk_mask(ei[:, ids], copies, 3, n), expect)
+    out = TopKSparsify(3)(ei[:, ids], torch.stack([copies, copies], -1), n)
+    assert torch.equal(out[:, 1] != 0, expect)

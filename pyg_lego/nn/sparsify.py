@@ -16,7 +16,9 @@ def reverse_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
     or :obj:`-1` where the pattern lacks it (a self-loop is its own
     reverse)."""
     row, col = edge_index
-    if row.numel() > 1 and bool((row[1:] >= row[:-1]).all()):
+    # The fast paths branch on the data, which a compiled graph cannot.
+    if row.numel() > 1 and not torch.compiler.is_compiling() and \
+            bool((row[1:] >= row[:-1]).all()):
         # Rows in order: the edges sorted by (col, row) are the reverses of
         # the edges in their order, where the pattern is symmetric and has
         # no duplicates; one stable sort of the columns replaces sorting
@@ -50,16 +52,27 @@ def topk_mask(edge_index: Tensor, edge_weight: Tensor, k: int,
         reverse (torch.Tensor, optional): :func:`reverse_edges` of
             :obj:`edge_index`, where it is reused across calls.
 
+    Duplicate edges count once, with the largest weight of their copies,
+    and are kept or dropped together.
+
     Returns:
         Booleans of the shape of :obj:`edge_weight`.
     """
+    num_nodes = _num_nodes(edge_index, num_nodes)
+    unique = _unique_edges(edge_index, num_nodes)
+    if unique is not None:
+        edges, inverse = unique
+        w = edge_weight.detach()
+        best = w.new_full((edges.size(1), ) + tuple(w.shape[1:]),
+                          float('-inf'))
+        best.index_reduce_(0, inverse, w, 'amax')
+        return topk_mask(edges, best, k, num_nodes)[inverse]
     if edge_weight.dim() == 2:
         rev = reverse if reverse is not None else \
-            reverse_edges(edge_index, _num_nodes(edge_index, num_nodes))
+            reverse_edges(edge_index, num_nodes)
         return torch.stack([topk_mask(edge_index, edge_weight[:, c], k,
                                       num_nodes, rev)
                             for c in range(edge_weight.size(1))], dim=-1)
-    num_nodes = _num_nodes(edge_index, num_nodes)
     if reverse is None:
         reverse = reverse_edges(edge_index, num_nodes)
     row, col = edge_index
@@ -76,13 +89,29 @@ def topk_mask(edge_index: Tensor, edge_weight: Tensor, k: int,
     return chosen | by_reverse | loop
 
 
+def _unique_edges(edge_index: Tensor, num_nodes: int):
+    r"""The distinct edges (coalesced) and each edge's id among them, where
+    :obj:`edge_index` repeats an edge; :obj:`None` otherwise (and inside a
+    compiled graph, which is given coalesced edges)."""
+    key = edge_index[0] * num_nodes + edge_index[1]
+    if key.numel() < 2 or torch.compiler.is_compiling() or \
+            bool((key[1:] > key[:-1]).all()):
+        return None
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    if uniq.numel() == key.numel():
+        return None
+    return torch.stack([uniq // num_nodes, uniq % num_nodes]), inverse
+
+
 def _row_ranks_below(key: Tensor, row: Tensor, count: Tensor, start: Tensor,
                      k: int) -> Tensor:
     r"""Whether each edge is among the :obj:`k` largest :obj:`key` of its
     row (ties: the earlier edge)."""
     num = key.numel()
-    width = int(count.max()) if count.numel() else 0
-    if num > 1 and count.numel() * width <= PADDED_MAX_FILL * num and \
+    width = 0 if torch.compiler.is_compiling() or not count.numel() else \
+        int(count.max())
+    if num > 1 and not torch.compiler.is_compiling() and \
+            count.numel() * width <= PADDED_MAX_FILL * num and \
             bool((row[1:] >= row[:-1]).all()):
         # Rows in order (a coalesced pattern): each row sorted on its own
         # in a padded [N, max degree] table, the padding after every edge.
@@ -122,8 +151,9 @@ class TopKSparsify(torch.nn.Module):
     :obj:`edge_index` and any PyG layer that sums weighted messages
     (:class:`~torch_geometric.nn.conv.GCNConv`,
     :class:`~torch_geometric.nn.conv.GraphConv`, APPNP, SGC) sees exactly the
-    sparsified graph. The selection is a step function: gradients flow to
-    the kept weights, none to the dropped ones. :func:`drop_zero_edges`
+    sparsified graph. Copies of one edge (an uncoalesced input) count once,
+    with their largest weight. The selection is a step function: gradients
+    flow to the kept weights, none to the dropped ones. :func:`drop_zero_edges`
     removes the dropped edges where a smaller :obj:`edge_index` is wanted.
 
     The union of the views' kNN graphs holds several times :math:`k` edges
