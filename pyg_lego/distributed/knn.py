@@ -201,7 +201,7 @@ def partition_sizes(n_local: int, group=None) -> List[int]:
 
     Args:
         n_local (int): The rows this rank holds.
-        group (ProcessGroup, optional): The process group; the default
+        group (torch.distributed.ProcessGroup, optional): The process group; the default
             group if :obj:`None`. (default: :obj:`None`)
     """
     _group_info(group)
@@ -258,7 +258,7 @@ def partitioned_knn(x_local: Tensor, k: int, similarity: str = 'cosine',
         similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
             :obj:`"rbf"` (nearest in Euclidean distance).
             (default: :obj:`"cosine"`)
-        group (ProcessGroup, optional): The process group; the default
+        group (torch.distributed.ProcessGroup, optional): The process group; the default
             group if :obj:`None`. (default: :obj:`None`)
         memory_budget (int, optional): Bytes for one block of scores and
             its top-k work. (default: 256 MiB on the CPU; on CUDA a
@@ -359,7 +359,7 @@ def partitioned_pattern(views: Mapping[str, Tensor], k: int,
         similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
             :obj:`"rbf"`. (default: :obj:`"cosine"`)
         self_loops (bool, optional): Add self-loops. (default: :obj:`True`)
-        group (ProcessGroup, optional): The process group; the default
+        group (torch.distributed.ProcessGroup, optional): The process group; the default
             group if :obj:`None`. (default: :obj:`None`)
         memory_budget (int, optional): Bytes for one block of kNN scores.
             (default: as in :func:`partitioned_knn`)
