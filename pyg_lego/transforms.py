@@ -13,7 +13,6 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data, HeteroData
 from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
-from torch_geometric.typing import WITH_PT24
 
 from pyg_lego.data.backends import check_backend
 from pyg_lego.data.relation import (RelationData, build_relation_graph,
@@ -22,13 +21,6 @@ from pyg_lego.data.similarity import check_similarity, resolve_score_map
 from pyg_lego.data.validation import check_gamma, check_k, check_order
 from pyg_lego.nn.graph_power import (DEFAULT_PATH_BUDGET, KERNELS, MODES,
                                      GraphPowerConv)
-
-if WITH_PT24:
-    # A dataset whose pre_transform is RelationGraph stores RelationData
-    # graphs; PyG loads datasets with weights_only=True, and allowlists its
-    # own data classes so (torch_geometric/data/__init__.py).
-    torch.serialization.add_safe_globals([RelationData])
-
 
 def _check_data(data: Any, transform: str) -> None:
     if isinstance(data, HeteroData) or not isinstance(data, Data):

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
+from torch_geometric.typing import WITH_PT24
 
 from pyg_lego.data.backends import (APPROXIMATE, KNNResult, check_backend,
                                     knn_recall, knn_search)
@@ -85,6 +86,13 @@ class RelationData(Data):
         if key == 'path_index':
             return self.num_edges
         return super().__inc__(key, value, *args, **kwargs)
+
+
+if WITH_PT24:
+    # Datasets of RelationData graphs (e.g. a pre_transform of
+    # pyg_lego.transforms.RelationGraph) load with weights_only=True, as PyG
+    # loads its own; PyG allowlists its data classes the same way.
+    torch.serialization.add_safe_globals([RelationData])
 
 
 def coalesce_pattern(edge_index: Tensor, num_nodes: int,

@@ -101,7 +101,7 @@ class LEGOClassifier(torch.nn.Module):
         r"""The fused edge weights :math:`(|\mathcal{E}|,)` the head uses
         (zero on the edges the sparsification drops, which needs the
         graph's :obj:`edge_index`)."""
-        weight = self.fusion(self.powers)[:, 0].relu()
+        weight = self._fused_weight()
         if self.sparsify is not None:
             if edge_index is None:
                 raise ValueError("a sparsified fused graph needs the "
@@ -109,8 +109,11 @@ class LEGOClassifier(torch.nn.Module):
             weight = self.sparsify(edge_index, weight, num_nodes)
         return weight
 
+    def _fused_weight(self) -> Tensor:
+        return self.fusion(self.powers)[:, 0].relu()
+
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        weight = self.fusion(self.powers)[:, 0].relu()
+        weight = self._fused_weight()
         if self.sparsify is not None:
             # The head runs on the kept edges only: for the heads that sum
             # weighted messages this equals zero weights on the dropped
