@@ -14,7 +14,8 @@ Every rank of the group must run every exchange, and therefore every
 backward pass through one: the callers check that all ranks agree on
 whether a gradient is taken, before any exchange starts.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+import math
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -38,8 +39,7 @@ def _all_to_all(send: Tensor, send_splits: List[int],
     out = send.new_empty((sum(recv_splits),) + tuple(send.shape[1:]))
     dist.all_to_all_single(out, send.contiguous(), recv_splits, send_splits,
                            group=group)
-    row_bytes = send[0].numel() * send.element_size() if send.dim() > 1 \
-        else send.element_size()
+    row_bytes = math.prod(send.shape[1:]) * send.element_size()
     record(stats, stage, row_bytes * (sum(send_splits) - send_splits[rank]))
     return out
 
@@ -66,10 +66,6 @@ class Exchange:
         self.recv_splits = recv_splits
         self.rank = rank
         self.group = group
-
-    @property
-    def num_recv(self) -> int:
-        return sum(self.recv_splits)
 
     def __call__(self, values: Tensor, stats: CommStats, stage: str
                  ) -> Tensor:
@@ -155,12 +151,15 @@ class LocalGraph:
         rank (int): This rank.
 
     Attributes:
+        offset (int): The global id of the rank's first node, :math:`o_r`.
+        size (int): The rank's nodes, :math:`n_r`.
+        num_global (int): The group's nodes, :math:`N`.
         halo (torch.Tensor): Sorted global ids of the other ranks' nodes
             that the edges reach.
-        row, col (torch.Tensor): The edges in local ids.
         start (int): The local id of the rank's first node (the number of
             halo nodes before it).
         num_nodes (int): Own and halo nodes.
+        row, col (torch.Tensor): The edges in local ids.
     """
 
     def __init__(self, edge_index: Tensor, sizes: Sequence[int], rank: int):
