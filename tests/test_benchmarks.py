@@ -295,3 +295,31 @@ def test_fusion_study_markdown_matches_its_records(tmp_path):
         script=os.path.join(ROOT, 'benchmarks', 'multiview_fusion.py'))
     with open(os.path.join(results, 'fusion.md')) as f:
         assert out.read_text() == f.read()
+
+
+LIBRARY = os.path.join(ROOT, 'benchmarks', 'library_replacements.py')
+
+
+def test_library_replacements_benchmark_writes_its_records(tmp_path):
+    pytest.importorskip('sklearn')
+    run('--n', '300', '--frames', '3200', '--repeat', '1', '--least',
+        '0.005', '--out', str(tmp_path), script=LIBRARY)
+    result = json.loads((tmp_path / 'library_replacements.json').read_text())
+    assert result['meta']['N'] == 300
+    for r in result['rows']:
+        assert r['hand_s'] > 0 and r['lib_s'] > 0
+        assert r['ratio'] == r['lib_s'] / r['hand_s']
+        assert r['same_output'], r['key']
+        assert r['decision'].startswith(('kept', 'replaced', 'to replace'))
+    md = (tmp_path / 'library_replacements.md').read_text()
+    assert '| frame ROC AUC' in md
+
+
+def test_library_replacements_markdown_matches_its_records(tmp_path):
+    # The committed table is what the committed record renders to.
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    out = tmp_path / 'library_replacements.md'
+    run('render', os.path.join(results, 'library_replacements.json'),
+        '--markdown', str(out), script=LIBRARY)
+    with open(os.path.join(results, 'library_replacements.md')) as f:
+        assert out.read_text() == f.read()
