@@ -26,8 +26,9 @@ P = 3
 #: gradient.
 SCORES = [('cosine', 'auto', None), ('dot', 'clamp', None),
           ('rbf', 'raw', 0.5), ('rbf', 'auto', None)]
-#: (kind, out_channels) of the fusions.
-FUSIONS = [('linear', 2), ('polynomial', 1), ('polynomial', 2)]
+#: (kind, out_channels, mode) of the fusions.
+FUSIONS = [('linear', 2, 'masked'), ('polynomial', 1, 'masked'),
+           ('polynomial', 2, 'propagated')]
 # Tight: the same products on the same rows, summed in another order only in
 # gradients that collect contributions from several ranks.
 TOL = dict(rtol=1e-12, atol=1e-13)
@@ -46,9 +47,9 @@ def views(world):
             'b': torch.randn(n, 3, generator=gen, dtype=torch.float64)}
 
 
-def reference_fusion(kind, channels):
+def reference_fusion(kind, channels, mode):
     torch.manual_seed(len(kind) + channels)
-    return LEGO(['a', 'b'], P, fusion=kind, out_channels=channels,
+    return LEGO(['a', 'b'], P, mode, fusion=kind, out_channels=channels,
                 topk=None).double()
 
 
@@ -86,22 +87,31 @@ def run(world, rank, group):
                 .backward()
         out['masked', p] = pw.detach(), attr.grad
         out['stats', 'masked', p] = stats
+    attr = score.clone().requires_grad_()
+    feats = [x.detach().clone().requires_grad_() for x in local.values()]
+    pw, stats = partitioned_graph_powers(ei, attr, n, 2, 'propagated',
+                                         xs=feats, group=group)
+    (pw * loss_weights(ei, 6).view_as(pw)).sum().backward()
+    out['propagated'] = pw.detach(), attr.grad, [x.grad for x in feats]
+    out['stats', 'propagated'] = stats
     out['elementwise'] = partitioned_graph_powers(
-        ei, score, n, 2, 'elementwise', 'all', group)
-    for kind, channels in FUSIONS:
-        model = PartitionedLEGO(['a', 'b'], P, fusion=kind,
+        ei, score, n, 2, 'elementwise', 'all', group=group)
+    xs = [x.detach() for x in local.values()]
+    for kind, channels, mode in FUSIONS:
+        model = PartitionedLEGO(['a', 'b'], P, mode, fusion=kind,
                                 out_channels=channels, cached=True,
                                 group=group).double()
-        model.load_state_dict(reference_fusion(kind, channels).state_dict())
+        model.load_state_dict(
+            reference_fusion(kind, channels, mode).state_dict())
         runs = []
         for _ in range(2):  # the second call reuses the cached plan
             model.zero_grad()
-            fused, stats = model(ei, score, n)
+            fused, stats = model(ei, score, n, xs)
             (fused * loss_weights(ei, channels)).sum().backward()
             reduced = model.reduce_gradients()
             runs.append((fused.detach(), model.fusion.weight.grad.clone(),
                          stats, reduced))
-        out['fused', kind, channels] = runs
+        out['fused', kind, channels, mode] = runs
     out['errors'] = errors(world, rank, group, local, ei, score, n)
     return out
 
@@ -138,8 +148,9 @@ def errors(world, rank, group, local, ei, score, n):
                                               group=group),
         'mode': lambda: partitioned_graph_powers(ei, score, n, P, 'spectral',
                                                  group=group),
-        'propagated': lambda: partitioned_graph_powers(
-            ei, score, n, P, 'propagated', group=group),
+        'xs': lambda: partitioned_graph_powers(
+            ei, score, n, P, 'propagated', xs=[x['a']] if last else list(
+                x.values()), group=group),
     }
     found = {}
     for what, call in calls.items():
@@ -197,12 +208,23 @@ def check_world(world, got):
                               attr.grad, **TOL), p
     ref = GraphPowerConv(2, 'elementwise', order0='all')(ei, score)
     assert torch.equal(torch.cat([g['elementwise'][0] for g in got]), ref)
-    for kind, channels in FUSIONS:
-        lego = reference_fusion(kind, channels)
-        fused = lego(ei, score)
+    attr = score.clone().requires_grad_()
+    leaf = [t.clone().requires_grad_() for t in x.values()]
+    ref = GraphPowerConv(2, 'propagated')(ei, attr, xs=leaf)
+    (ref * loss_weights(ei, 6).view_as(ref)).sum().backward()
+    assert torch.allclose(torch.cat([g['propagated'][0] for g in got]), ref,
+                          **TOL)
+    assert torch.allclose(torch.cat([g['propagated'][1] for g in got]),
+                          attr.grad, **TOL)
+    for m, feat in enumerate(leaf):
+        assert torch.allclose(torch.cat([g['propagated'][2][m] for g in got]),
+                              feat.grad, **TOL)
+    for kind, channels, mode in FUSIONS:
+        lego = reference_fusion(kind, channels, mode)
+        fused = lego(ei, score, xs=list(x.values()))
         (fused * loss_weights(ei, channels)).sum().backward()
         for step in range(2):
-            runs = [g['fused', kind, channels][step] for g in got]
+            runs = [g['fused', kind, channels, mode][step] for g in got]
             assert torch.allclose(torch.cat([r[0] for r in runs]), fused,
                                   **TOL), kind
             for r in runs:  # every rank holds the summed gradient
@@ -221,10 +243,13 @@ def check_world(world, got):
         assert set(g['stats', 'scores']) == {
             'checks', 'scores/requests', 'scores/features',
             'scores/features.backward'}
-        first, second = g['fused', 'linear', 2][0][2], \
-            g['fused', 'linear', 2][1][2]
+        first, second = g['fused', 'linear', 2, 'masked'][0][2], \
+            g['fused', 'linear', 2, 'masked'][1][2]
         assert set(second) == {'checks', 'powers/degrees', 'powers/rows'}
         assert all(second[k] == first[k] for k in second)
+        assert set(g['stats', 'propagated']) == {
+            'checks', 'powers/requests', 'powers/degrees', 'powers/features',
+            'powers/degrees.backward', 'powers/features.backward'}
     # What one rank sends to another, the other receives: the features of
     # the halo (8 bytes per feature) and back the same number of gradients.
     sent = sum(g['stats', 'scores']['scores/features'] for g in got)
@@ -243,9 +268,10 @@ def check_world(world, got):
         'nan': f'edge_attr on rank {world - 1} contains NaN or Inf',
         'shape': 'edge_attr on rank 0 must have shape [E_r, M]',
         'num_local': f'on rank {world - 1}, num_local must be a positive',
-        'P': 'same P, mode and order0',
-        'mode': "mode must be one of ('masked', 'elementwise')",
-        'propagated': "NotImplementedError: mode='propagated'",
+        'P': 'same P, mode, order0',
+        'mode': "mode must be one of ('elementwise', 'masked', "
+                "'propagated')",
+        'xs': f"on rank {world - 1}, mode='propagated' needs xs",
     }
     for g in got:  # every rank raised, with the same message
         for what, message in messages.items():
@@ -281,8 +307,8 @@ def test_one_process(tmp_path, torch_kernels):
         partitioned_relation_scores(x, ei)
     with pytest.raises(RuntimeError, match='init_process_group'):
         partitioned_graph_powers(ei, torch.rand(ei.size(1), 2), 80, P)
-    with pytest.raises(NotImplementedError, match='propagated'):
-        PartitionedLEGO(['a', 'b'], mode='propagated')
+    with pytest.raises(ValueError, match='mode must be one of'):
+        PartitionedLEGO(['a', 'b'], mode='spectral')
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/init',
                             rank=0, world_size=1)
     try:
@@ -294,6 +320,15 @@ def test_one_process(tmp_path, torch_kernels):
         powers, stats = partitioned_graph_powers(ei, score, 80, P)
         assert torch.allclose(powers, GraphPowerConv(P)(ei, score), **TOL)
         assert set(stats.values()) == {0}
+        # Half precision has no sparse kernels: gathers and scatters.
+        half = {v: t.to(torch.bfloat16) for v, t in x.items()}
+        score = relation_scores(half, ei)
+        powers, _ = partitioned_graph_powers(
+            ei, score, 80, 2, 'propagated', xs=list(half.values()))
+        ref = GraphPowerConv(2, 'propagated')(ei, score,
+                                              xs=list(half.values()))
+        assert powers.dtype == torch.bfloat16
+        assert torch.allclose(powers.float(), ref.float(), atol=1e-2)
         with pytest.raises(ValueError, match="rows outside the rank's "
                                              "nodes 0..78"):
             partitioned_graph_powers(ei, score, 79, P)

@@ -12,15 +12,13 @@ pattern in every view, :func:`partitioned_graph_powers` expands them into
 their graph powers and :class:`PartitionedLEGO` fuses them, each fetching
 only the rows of other processes that its edges need (halo exchanges by
 :func:`~torch.distributed.all_to_all_single`)."""
-from pyg_lego.distributed.expansion import (PARTITIONED_MODES,
-                                            PartitionedLEGO,
+from pyg_lego.distributed.expansion import (PartitionedLEGO,
                                             partitioned_graph_powers)
 from pyg_lego.distributed.knn import (PartitionedKNN, partition_sizes,
                                       partitioned_knn, partitioned_pattern)
 from pyg_lego.distributed.relation import partitioned_relation_scores
 
 __all__ = [
-    'PARTITIONED_MODES',
     'PartitionedKNN',
     'PartitionedLEGO',
     'partition_sizes',
