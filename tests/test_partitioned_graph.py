@@ -22,10 +22,10 @@ from pyg_lego.nn import GraphPowerConv, masked_numba
 SIZES = {2: [23, 57], 4: [41, 4, 93, 12]}
 K = 6
 P = 3
-#: (similarity, score map, gamma) of the scores; the first is scored with a
-#: gradient.
+#: (similarity, score map, gamma) of the scores, each with a gradient.
 SCORES = [('cosine', 'auto', None), ('dot', 'clamp', None),
-          ('rbf', 'raw', 0.5), ('rbf', 'auto', None)]
+          ('rbf', 'raw', 0.5), ('rbf', 'auto', None),
+          ('cosine', 'local', None), ('cosine', 'snf', None)]
 #: (kind, out_channels, mode) of the fusions.
 FUSIONS = [('linear', 2, 'masked'), ('polynomial', 1, 'masked'),
            ('polynomial', 2, 'propagated')]
@@ -72,13 +72,14 @@ def run(world, rank, group):
     out = {'edge_index': ei}
     for sim, smap, gamma in SCORES:
         s, stats = partitioned_relation_scores(local, ei, sim, smap, gamma,
-                                               group=group)
+                                               K, group=group)
+        (s * loss_weights(ei, 2)).sum().backward()
         out['scores', sim, smap] = s.detach()
-        if sim == 'cosine':
-            (s * loss_weights(ei, 2)).sum().backward()
-            out['stats', 'scores'] = stats
-            out['grad', 'x'] = {v: x.grad for v, x in local.items()}
-            score = s.detach()
+        out['stats', sim, smap] = stats
+        out['grad', sim, smap] = {v: x.grad for v, x in local.items()}
+        for x in local.values():
+            x.grad = None
+    score = out['scores', 'cosine', 'auto']
     for p in (0, 1, P):
         attr = score.clone().requires_grad_()
         pw, stats = partitioned_graph_powers(ei, attr, n, p, group=group)
@@ -136,7 +137,7 @@ def errors(world, rank, group, local, ei, score, n):
             x, ei.flip(1) if rank == 0 else ei, group=group),
         'grad': lambda: partitioned_relation_scores(
             local if rank == 0 else x, ei, group=group),
-        'adaptive': lambda: partitioned_relation_scores(
+        'k': lambda: partitioned_relation_scores(
             x, ei, score_map='snf', group=group),
         'nan': lambda: partitioned_graph_powers(
             ei, score * float('nan') if last else score, n, P, group=group),
@@ -157,7 +158,7 @@ def errors(world, rank, group, local, ei, score, n):
         try:
             call()
             found[what] = None
-        except (ValueError, NotImplementedError) as e:
+        except ValueError as e:
             found[what] = f'{type(e).__name__}: {e}'
     return found
 
@@ -185,15 +186,14 @@ def check_world(world, got):
     ei = torch.cat([g['edge_index'] for g in got], 1)
     assert torch.equal(ei, knn_pattern(x, K))
     for sim, smap, gamma in SCORES:
-        ref = relation_scores(x, ei, sim, smap, gamma)
+        leaf = {v: t.clone().requires_grad_() for v, t in x.items()}
+        ref = relation_scores(leaf, ei, sim, smap, gamma, k=K)
+        (ref * loss_weights(ei, 2)).sum().backward()
         assert torch.allclose(cat(got, ('scores', sim, smap)), ref, **TOL)
-    leaf = {v: t.clone().requires_grad_() for v, t in x.items()}
-    score = relation_scores(leaf, ei)
-    (score * loss_weights(ei, 2)).sum().backward()
-    for v in x:
-        grad = torch.cat([g['grad', 'x'][v] for g in got])
-        assert torch.allclose(grad, leaf[v].grad, **TOL), v
-    score = score.detach()
+        for v in x:
+            grad = torch.cat([g['grad', sim, smap][v] for g in got])
+            assert torch.allclose(grad, leaf[v].grad, **TOL), (sim, smap, v)
+    score = relation_scores(x, ei)
     for p in (0, 1, P):
         attr = score.clone().requires_grad_()
         ref = GraphPowerConv(p)(ei, attr)
@@ -240,9 +240,12 @@ def check_world(world, got):
                               'powers/rows.backward'}
         assert all(v > 0 for v in stats.values())
         assert g['stats', 'masked', 0].keys() == {'checks'}
-        assert set(g['stats', 'scores']) == {
+        assert set(g['stats', 'cosine', 'auto']) == {
             'checks', 'scores/requests', 'scores/features',
             'scores/features.backward'}
+        assert set(g['stats', 'cosine', 'snf']) == {
+            'checks', 'scores/requests', 'scores/features', 'scores/scales',
+            'scores/features.backward', 'scores/scales.backward'}
         first, second = g['fused', 'linear', 2, 'masked'][0][2], \
             g['fused', 'linear', 2, 'masked'][1][2]
         assert set(second) == {'checks', 'powers/degrees', 'powers/rows'}
@@ -252,19 +255,21 @@ def check_world(world, got):
             'powers/degrees.backward', 'powers/features.backward'}
     # What one rank sends to another, the other receives: the features of
     # the halo (8 bytes per feature) and back the same number of gradients.
-    sent = sum(g['stats', 'scores']['scores/features'] for g in got)
-    back = sum(g['stats', 'scores']['scores/features.backward'] for g in got)
-    assert sent == back > 0 and sent % (8 * 8) == 0
+    stats = [g['stats', 'cosine', 'snf'] for g in got]
+    sent = sum(s['scores/features'] for s in stats)
+    assert sent == sum(s['scores/features.backward'] for s in stats) > 0
+    # Per halo node, 5 + 3 features and, for 2 views, 2 scales of 8 bytes.
+    assert sent % (8 * 8) == 0 and \
+        sum(s['scores/scales'] for s in stats) == sent // 2
     messages = {
         'names': 'same view names in the same order',
         'width': 'same width d_m and dtype of each view',
-        'options': 'same similarity, score_map and gamma',
+        'options': 'same similarity, score_map, gamma and k',
         'zero': f'views on rank {world - 1} has a row with zero norm',
         'rows': f'edge_index on rank {world - 1} has rows outside',
         'order': 'edge_index on rank 0 is not coalesced',
         'grad': 'same gradient mode',
-        'adaptive': "NotImplementedError: partitioned_relation_scores: "
-                    "score_map='snf'",
+        'k': "score_map='snf' needs k",
         'nan': f'edge_attr on rank {world - 1} contains NaN or Inf',
         'shape': 'edge_attr on rank 0 must have shape [E_r, M]',
         'num_local': f'on rank {world - 1}, num_local must be a positive',

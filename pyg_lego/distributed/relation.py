@@ -2,17 +2,19 @@ r"""Relation scores of row-partitioned views, on :mod:`torch.distributed`:
 each rank scores its rows of the shared pattern."""
 import zlib
 from functools import reduce
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from pyg_lego.data.calibration import ADAPTIVE_MAPS
+from pyg_lego.data.calibration import (ADAPTIVE_MAPS, SCALE_EPS, SNF_MU,
+                                       neighbour_distances)
 from pyg_lego.data.similarity import (SIMILARITIES, edge_similarity,
                                       resolve_score_map)
-from pyg_lego.data.validation import check_gamma
-from pyg_lego.distributed.halo import (CommStats, LocalGraph, check_edges,
-                                       edge_summary, node_halo, record)
+from pyg_lego.data.validation import check_gamma, check_k
+from pyg_lego.distributed.halo import (CommStats, Exchange, LocalGraph,
+                                       check_edges, edge_summary, node_halo,
+                                       record)
 from pyg_lego.distributed.knn import (_BAD_VIEWS, _DTYPES, _MESSAGES,
                                       _MISMATCHED_ROWS, _OK, _device_of,
                                       _feature_code, _gather_rows,
@@ -23,11 +25,39 @@ def _crc(value) -> int:
     return zlib.crc32(repr(value).encode())
 
 
+def _adaptive(sims: List[Tensor], graph: LocalGraph, local_index: Tensor,
+              halo: Exchange, k: int, score_map: str, stats: CommStats
+              ) -> List[Tensor]:
+    r"""The adaptive maps of :func:`~pyg_lego.data.calibration.
+    adaptive_score_map` on the rank's edges: each own node's bandwidths
+    come from its own row (the rank holds all its edges), the halo's from
+    their owners, every view's in one exchange."""
+    sq = [(2.0 - 2.0 * s).clamp_min(0.0) for s in sims]
+    # The floor keeps the gradient of the scales finite at distance 0.
+    dist = [d.clamp_min(SCALE_EPS**2).sqrt() for d in sq]
+    own = slice(graph.start, graph.start + graph.size)
+    scales = torch.cat([torch.stack(neighbour_distances(
+        d, local_index, graph.num_nodes, k), 1)[own] for d in dist], 1)
+    scales = graph.nodes(scales, halo(scales, stats, 'scores/scales'))
+    row, col = local_index
+    out = []
+    for m, (sq_m, dist_m) in enumerate(zip(sq, dist)):
+        kth, mean = scales[:, 2 * m], scales[:, 2 * m + 1]
+        if score_map == 'local':
+            scale = kth.clamp_min(SCALE_EPS)
+            out.append(torch.exp(-sq_m / (scale[row] * scale[col])))
+            continue
+        eps = ((mean[row] + mean[col] + dist_m) / 3.0).clamp_min(SCALE_EPS)
+        out.append(torch.exp(-sq_m / (2.0 * SNF_MU**2 * eps**2)))
+    return out
+
+
 def partitioned_relation_scores(views: Mapping[str, Tensor],
                                 edge_index: Tensor,
                                 similarity: str = 'cosine',
                                 score_map: str = 'auto',
-                                gamma: Optional[float] = None, group=None
+                                gamma: Optional[float] = None,
+                                k: Optional[int] = None, group=None
                                 ) -> Tuple[Tensor, CommStats]:
     r"""Every view's relation score on this rank's edges of the shared
     pattern: the rows of :func:`~pyg_lego.data.relation_scores` that belong
@@ -51,11 +81,13 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
     pass returns the halo rows' gradients to their owners by the same
     exchange, so every rank must run it.
 
-    Score maps that depend on the edge's two endpoints only are supported
-    (:obj:`"affine"`, :obj:`"clamp"`, :obj:`"raw"`, :obj:`"auto"`; the RBF
-    bandwidth :math:`1 / d_m` by default, as there). The adaptive maps
-    :obj:`"local"` and :obj:`"snf"` set every node's bandwidth from its
-    nearest neighbours on the pattern and raise :class:`NotImplementedError`.
+    Every score map is supported. Those of the edge's two endpoints only
+    (:obj:`"affine"`, :obj:`"clamp"`, :obj:`"raw"`; the RBF bandwidth
+    :math:`1 / d_m` by default, as there) need nothing more; the adaptive
+    maps :obj:`"local"` and :obj:`"snf"` set each node's bandwidths from its
+    :obj:`k` nearest neighbours on the pattern: a rank finds its own nodes'
+    from their rows, which it holds whole, and fetches the halo's from their
+    owners in one more exchange (two numbers per node and view).
 
     Errors (bad features or edges on one rank, or ranks that disagree on the
     views, the options or on whether a gradient is taken) are raised on
@@ -70,10 +102,14 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
         similarity (str, optional): :obj:`"cosine"`, :obj:`"dot"` or
             :obj:`"rbf"`. (default: :obj:`"cosine"`)
         score_map (str, optional): :obj:`"auto"`, :obj:`"affine"`,
-            :obj:`"clamp"` or :obj:`"raw"`, see
-            :func:`~pyg_lego.build_relation_graph`. (default: :obj:`"auto"`)
+            :obj:`"clamp"`, :obj:`"raw"`, :obj:`"local"` or :obj:`"snf"`,
+            see :func:`~pyg_lego.build_relation_graph`.
+            (default: :obj:`"auto"`)
         gamma (float, optional): RBF bandwidth; :math:`1 / d_m` if
             :obj:`None`. (default: :obj:`None`)
+        k (int, optional): The neighbours that set the bandwidths of the
+            adaptive maps (the pattern's :obj:`k`); the other maps ignore
+            it. (default: :obj:`None`)
         group (torch.distributed.ProcessGroup, optional): The process group;
             the default group if :obj:`None`. (default: :obj:`None`)
 
@@ -81,8 +117,9 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
         :obj:`(edge_attr, stats)`: the scores :math:`(E_r, M)` in the order
         of :obj:`edge_index`, and the bytes this rank sent by stage:
         :obj:`"checks"`, :obj:`"scores/requests"` (the halo's counts and
-        ids), :obj:`"scores/features"`, and :obj:`"scores/features.backward"`
-        once a backward pass has run.
+        ids), :obj:`"scores/features"`, :obj:`"scores/scales"` (adaptive
+        maps), and their :obj:`".backward"` stages once a backward pass has
+        run.
     """
     what = 'partitioned_relation_scores'
     rank, world = _group_info(group)
@@ -103,7 +140,7 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
         x.requires_grad for x in tensors)
     row = [code, tensors[0].size(0) if ok else 0,
            _crc(list(views)) if good else 0, _crc(layout),
-           _crc((similarity, score_map, gamma)), int(grad)] + \
+           _crc((similarity, score_map, gamma, k)), int(grad)] + \
         edge_summary(edge_index)
     device = _device_of(tensors[0] if tensors else None)
     table = _gather_rows(row, group, device)
@@ -114,7 +151,7 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
             raise ValueError(f"{what}: views on rank {r} {_MESSAGES[c]}")
     for c, name in ((2, 'view names in the same order'),
                     (3, 'width d_m and dtype of each view'),
-                    (4, 'similarity, score_map and gamma'),
+                    (4, 'similarity, score_map, gamma and k'),
                     (5, 'gradient mode: features that require grad on one '
                         'rank need a backward pass on all')):
         if len(set(table[:, c].tolist())) > 1:
@@ -123,12 +160,13 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
     check_edges(table[:, 6:], sizes, what)
     score_map = resolve_score_map(score_map, similarity)
     check_gamma(gamma)
-    if score_map in ADAPTIVE_MAPS:
-        raise NotImplementedError(
-            f"{what}: score_map={score_map!r} sets each node's bandwidth "
-            f"from its nearest neighbours on the pattern, which is not "
-            f"partitioned yet; use 'affine', 'clamp' or 'raw', or "
-            f"pyg_lego.data.relation_scores in one process")
+    adaptive = score_map in ADAPTIVE_MAPS
+    if adaptive:
+        if k is None:
+            raise ValueError(f"{what}: score_map={score_map!r} needs k, the "
+                             f"number of neighbours that set each node's "
+                             f"bandwidth")
+        k = min(check_k(k), sum(sizes) - 1)
     graph = LocalGraph(edge_index, sizes, rank)
     halo = node_halo(graph.halo, sizes, rank, group, stats,
                      'scores/requests')
@@ -142,7 +180,9 @@ def partitioned_relation_scores(views: Mapping[str, Tensor],
     for x in tensors:
         end = start + x.size(1)
         z = graph.nodes(own[:, start:end], remote[:, start:end])
-        cols.append(edge_similarity(z, local_index, similarity, score_map,
-                                    gamma))
+        cols.append(edge_similarity(z, local_index, similarity,
+                                    'raw' if adaptive else score_map, gamma))
         start = end
+    if adaptive:
+        cols = _adaptive(cols, graph, local_index, halo, k, score_map, stats)
     return torch.stack(cols, dim=-1), stats
