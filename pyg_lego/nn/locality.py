@@ -58,6 +58,8 @@ class Relabel:
                                    leaf_size=LEAF_SIZE)
         rank = _inverse(order)
         row, col = rank[row], rank[col]
+        # Not coalesce or sort_edge_index: neither returns the permutation
+        # (benchmarks/results/library_replacements.md, unmatched pieces).
         edge_perm = torch.sort(row * num_nodes + col).indices
         self.edge_index = torch.stack([row[edge_perm], col[edge_perm]])
         # The maps in 32 bits where they fit (index_select takes them): at

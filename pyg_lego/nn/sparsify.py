@@ -27,6 +27,8 @@ def reverse_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
         if torch.equal(row[perm], col) and torch.equal(col[perm], row) and \
                 bool(((row[1:] > row[:-1]) | (col[1:] != col[:-1])).all()):
             return perm
+    # No PyG function gives each edge's reverse id (the record's list of
+    # unmatched pieces, benchmarks/results/library_replacements.md).
     key = row * num_nodes + col
     sorted_key, perm = torch.sort(key)
     rkey = col * num_nodes + row
@@ -80,6 +82,9 @@ def topk_mask(edge_index: Tensor, edge_weight: Tensor, k: int,
     # Heaviest first within a row; self-loops last, so that they take no
     # place among the k.
     key = edge_weight.detach().masked_fill(loop, float('-inf'))
+    # bincount, not torch_geometric.index.index2ptr (0.49x the time on
+    # sorted rows, benchmarks/results/library_replacements.md): the rows
+    # may come in any order here, and index2ptr needs them sorted.
     count = torch.bincount(row, minlength=num_nodes)
     start = torch.cumsum(count, 0) - count
     chosen = _row_ranks_below(key, row, count, start, k) & ~loop
@@ -93,6 +98,9 @@ def _unique_edges(edge_index: Tensor, num_nodes: int):
     r"""The distinct edges (coalesced) and each edge's id among them, where
     :obj:`edge_index` repeats an edge; :obj:`None` otherwise (and inside a
     compiled graph, which is given coalesced edges)."""
+    # torch_geometric.utils.coalesce returns no inverse map; with a
+    # searchsorted for it, it took 4.39x the time at 4.1M edges
+    # (benchmarks/results/library_replacements.md).
     key = edge_index[0] * num_nodes + edge_index[1]
     if key.numel() < 2 or torch.compiler.is_compiling() or \
             bool((key[1:] > key[:-1]).all()):
