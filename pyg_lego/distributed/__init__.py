@@ -17,13 +17,19 @@ from pyg_lego.distributed.expansion import (PartitionedLEGO,
 from pyg_lego.distributed.knn import (PartitionedKNN, partition_sizes,
                                       partitioned_knn, partitioned_pattern)
 from pyg_lego.distributed.relation import partitioned_relation_scores
+from pyg_lego.distributed.training import (PartitionedGCN,
+                                           PartitionedNodeClassifier,
+                                           partitioned_train_step)
 
 __all__ = [
+    'PartitionedGCN',
     'PartitionedKNN',
     'PartitionedLEGO',
+    'PartitionedNodeClassifier',
     'partition_sizes',
     'partitioned_graph_powers',
     'partitioned_knn',
     'partitioned_pattern',
     'partitioned_relation_scores',
+    'partitioned_train_step',
 ]
