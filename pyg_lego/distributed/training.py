@@ -92,16 +92,17 @@ class PartitionedGCN(torch.nn.Module):
         \mathbf{H}^{(l+1)} = \sigma\Big( \sum_{c=1}^{C}
         \hat{\mathbf{A}}_c \mathbf{H}^{(l)} \mathbf{\Theta}^{(l)}_c +
         \mathbf{b}^{(l)}_c \Big), \qquad
-        \hat{\mathbf{A}}_c = \mathbf{D}_c^{-1/2} (\mathbf{G}_{:, c} +
-        \mathbf{I}) \mathbf{D}_c^{-1/2},
+        \hat{\mathbf{A}}_c = \tilde{\mathbf{D}}_c^{-1/2}
+        \tilde{\mathbf{G}}_c \tilde{\mathbf{D}}_c^{-1/2},
 
-    with :math:`\mathbf{D}_{c, ii} = \sum_j (\mathbf{G}_{:, c} +
-    \mathbf{I})_{ij}` (the rows' sums, which the rank holds) and a
-    self-loop of weight :math:`1` only where the graph has none, as
+    where :math:`\tilde{\mathbf{G}}_c` is channel :math:`c` of the fused
+    graph with a self-loop of weight :math:`1` at every node that has none
+    and :math:`\tilde{\mathbf{D}}_{c, ii} = \sum_j
+    \tilde{\mathbf{G}}_{c, ij}` (the sums of the rank's rows), as
     :class:`~torch_geometric.nn.GCNConv` with
-    :obj:`flow="target_to_source"` adds them: node :math:`i` aggregates
+    :obj:`flow="target_to_source"` normalises: node :math:`i` aggregates
     over the edges :math:`(i, j)` of its own row. The halo nodes'
-    :math:`\mathbf{D}^{-1/2}` come in one exchange per call and their
+    :math:`\tilde{\mathbf{D}}^{-1/2}` come in one exchange per call and their
     hidden features :math:`\mathbf{H}^{(l)}` in one exchange per layer
     (:func:`~torch.distributed.all_to_all_single` of only the rows needed,
     all channels together); the backward pass returns their gradients to
