@@ -26,7 +26,13 @@ def fusion():
     return readme_summary(_load('fusion.json'))
 
 
-RENDERERS = {'fusion': fusion}
+def vad():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from vad import readme_summary
+    return readme_summary(_load('vad.json'))
+
+
+RENDERERS = {'fusion': fusion, 'vad': vad}
 BLOCK = re.compile(r'(<!-- render:(\w+) -->\n)(.*?)(<!-- /render:\2 -->)',
                    re.S)
 

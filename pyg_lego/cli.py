@@ -134,8 +134,8 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 def _add_model(p: argparse.ArgumentParser, default_epochs: int) -> None:
     g = p.add_argument_group('model and training')
-    g.add_argument('--fusion', choices=('polynomial', 'linear'),
-                   default='polynomial', help='LEGO fusion kind')
+    g.add_argument('--fusion', choices=('linear', 'polynomial'),
+                   default='linear', help='LEGO fusion kind (default: linear)')
     g.add_argument('--mode', choices=('elementwise', 'masked', 'propagated'),
                    default='elementwise',
                    help='LEGO expansion mode (default: elementwise)')
@@ -143,6 +143,12 @@ def _add_model(p: argparse.ArgumentParser, default_epochs: int) -> None:
                    help='highest order of the expansion (default: 2)')
     g.add_argument('--channels', type=_positive_int, default=1,
                    help='fused graphs C (default: 1)')
+    g.add_argument('--readout', choices=('deviation', 'rows'),
+                   default='deviation',
+                   help="how LEGO's head reads each snippet's row of the "
+                        "fused graph: its sorted deviations from the video's "
+                        "typical relations, or the paper's rows in snippet "
+                        "order (default: deviation)")
     g.add_argument('--loss', choices=('topk', 'ranking'), default='topk',
                    help='top-k MIL BCE or the ranking loss of Sultani et al.')
     g.add_argument('--degree-weight', type=float, default=0.0,
@@ -260,7 +266,7 @@ def _config(args, model: str, views: List[str], dims: Dict[str, int],
     return TrainConfig(
         model=model, views=views, dims=dims, T=args.T, P=args.P,
         mode=args.mode, fusion=args.fusion, channels=args.channels,
-        loss=args.loss, degree_weight=degree,
+        readout=args.readout, loss=args.loss, degree_weight=degree,
         degree_alpha=args.degree_alpha, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=seed,
         device=args.device)
@@ -326,13 +332,14 @@ def _build_graphs(*datasets) -> None:
 def _check_resume(checkpoint: str, config) -> None:
     from dataclasses import asdict
 
-    from pyg_lego.vad.train import load_checkpoint
+    from pyg_lego.vad.train import TrainConfig, load_checkpoint
     saved = load_checkpoint(checkpoint)
     if saved['epoch'] >= config.epochs:
         raise UserError(f"the checkpoint has {saved['epoch']} epochs "
                         f"already; ask for more with --epochs")
     ours = asdict(config)
-    diff = sorted(k for k, v in saved['config'].items()
+    theirs = asdict(TrainConfig.from_dict(saved['config']))
+    diff = sorted(k for k, v in theirs.items()
                   if k not in ('epochs', 'device') and ours.get(k) != v)
     if diff:
         raise UserError(f"--resume: the checkpoint was made with other "

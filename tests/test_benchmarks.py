@@ -323,3 +323,30 @@ def test_library_replacements_markdown_matches_its_records(tmp_path):
         '--markdown', str(out), script=LIBRARY)
     with open(os.path.join(results, 'library_replacements.md')) as f:
         assert out.read_text() == f.read()
+
+VAD = os.path.join(ROOT, 'benchmarks', 'vad.py')
+
+
+def test_vad_benchmark_writes_its_records(tmp_path):
+    out = tmp_path / 'vad'
+    run('run', '--seeds', '2', '--epochs', '1', '--num-train', '8',
+        '--num-test', '6', '--T', '8', '--out', str(out), '--quiet',
+        script=VAD)
+    record = json.loads((tmp_path / 'vad.json').read_text())
+    names = [r['model'] for r in record['rows']]
+    assert 'lego masked rows' in names and 'attention' in names
+    assert all(len(record['per_seed'][n]) == 2 for n in names)
+    assert record['configs']['lego masked rows']['mode'] == 'masked'
+    assert all(0 <= a <= 100 for aucs in record['deviation_auc'].values()
+               for a in aucs)
+    text = (tmp_path / 'vad.md').read_text()
+    assert '| masked |' in text and '| target | measured | met |' in text
+
+
+def test_vad_markdown_matches_its_records(tmp_path):
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    out = tmp_path / 'vad.md'
+    run('render', os.path.join(results, 'vad.json'), '--markdown', str(out),
+        script=VAD)
+    with open(os.path.join(results, 'vad.md')) as f:
+        assert out.read_text() == f.read()

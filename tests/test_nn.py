@@ -225,7 +225,7 @@ def test_graph_space_head_norm():
     from pyg_lego.nn import GraphSpaceHead
     head = GraphSpaceHead(6, channels=2)
     assert repr(head) == ('GraphSpaceHead(num_nodes=6, channels=2, '
-                          'hidden_channels=6, norm=True)')
+                          'hidden_channels=6, norm=True, readout=\'rows\')')
     graph = build_relation_graph(random_views(6, [3, 3]), k=5)
     fused = LEGO(['v0', 'v1'], out_channels=2).double().fuse(graph).float()
     # Fused weights in a narrow band reach the first layer standardised.
@@ -239,6 +239,81 @@ def test_graph_space_head_norm():
     assert seen['x'].mean(0).abs().min() > 0.01
     with pytest.raises(ValueError, match='batch norm needs at least 2 nodes'):
         head(torch.rand(1, 2), torch.zeros(2, 1, dtype=torch.long))
+
+
+def _complete_batch(sizes, channels, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    edges, batch, start = [], [], 0
+    for b, n in enumerate(sizes):
+        idx = torch.arange(start, start + n)
+        edges.append(torch.cartesian_prod(idx, idx).t())
+        batch.append(torch.full((n,), b))
+        start += n
+    edge_index = torch.cat(edges, 1)
+    fused = torch.rand(edge_index.size(1), channels, generator=gen,
+                       dtype=torch.float64)
+    return fused, edge_index, torch.cat(batch)
+
+
+def test_deviation_readout_equals_loops():
+    from pyg_lego.nn.heads import graph_space_rows
+    N, sizes = 5, [5, 3, 4]
+    fused, edge_index, batch = _complete_batch(sizes, channels=2)
+    out = graph_space_rows(fused, edge_index, batch, N, 'deviation')
+    assert out.shape == (sum(sizes), N * 2)
+    # Dense oracle: one graph at a time, written out entry by entry.
+    row = 0
+    for b, n in enumerate(sizes):
+        nodes = (batch == b).nonzero().view(-1)
+        G = torch.zeros(n, n, 2, dtype=torch.float64)
+        for e in range(edge_index.size(1)):
+            i, j = edge_index[:, e].tolist()
+            if batch[i] == b:
+                G[i - int(nodes[0]), j - int(nodes[0])] = fused[e]
+        for i in range(n):
+            for c in range(2):
+                dev = [abs(G[i, j, c] - sum(G[k, j, c] for k in range(n)
+                                            if k != j) / (n - 1))
+                       for j in range(n) if j != i]
+                want = sorted(dev, reverse=True) + [0.0] * (N - n + 1)
+                got = out[row].view(N, 2)[:, c]
+                assert torch.allclose(got, torch.tensor(want,
+                                                        dtype=got.dtype))
+            row += 1
+    rows = graph_space_rows(fused, edge_index, batch, N, 'rows')
+    assert torch.equal(rows.view(-1, N, 2)[:5],
+                       fused[:25].view(5, 5, 2))
+
+
+def test_deviation_readout_permutation_and_grad():
+    from pyg_lego.nn.heads import graph_space_rows
+    fused, edge_index, batch = _complete_batch([4, 4], channels=1, seed=1)
+    out = graph_space_rows(fused, edge_index, batch, 4, 'deviation')
+    # Relabelling the nodes of a graph moves its nodes' readouts with them.
+    perm = torch.tensor([2, 0, 3, 1, 4, 5, 6, 7])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(8)
+    moved = graph_space_rows(fused, inverse[edge_index], batch, 4,
+                             'deviation')
+    assert torch.allclose(moved[inverse], out)
+    # A node whose relations match the rest's has zero deviation.
+    flat = torch.ones(16, 1, dtype=torch.float64)
+    zero = graph_space_rows(flat, edge_index[:, :16], batch[:4], 4,
+                            'deviation')
+    assert torch.equal(zero, torch.zeros(4, 4, dtype=torch.float64))
+    leaf = fused.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda w: graph_space_rows(w, edge_index, batch, 4, 'deviation'),
+        (leaf,))
+    with pytest.raises(ValueError, match='readout must be one of'):
+        graph_space_rows(fused, edge_index, batch, 4, 'sorted')
+    with pytest.raises(ValueError, match='head was built for at most 3'):
+        graph_space_rows(fused, edge_index, batch, 3, 'deviation')
+    from pyg_lego.nn import GraphSpaceHead
+    with pytest.raises(ValueError, match='readout must be one of'):
+        GraphSpaceHead(4, readout='sorted')
+    head = GraphSpaceHead(4, readout='deviation').double().eval()
+    assert head(fused, edge_index, batch).shape == (8,)
 
 
 @pytest.mark.parametrize('num_views', [1, 3, 4])

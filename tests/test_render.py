@@ -15,6 +15,7 @@ def test_readme_blocks_match_the_records():
     with open(render.README) as f:
         text = f.read()
     assert '<!-- render:fusion -->' in text
+    assert '<!-- render:vad -->' in text
     assert render.render(text) == text, \
         'README.md is stale: run python benchmarks/render.py'
 

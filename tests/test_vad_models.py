@@ -103,3 +103,45 @@ def test_model_rejects_batch_without_its_views():
     lego = build_model('lego', VIEWS, {'rgb': 12, 'flow': 8, 'audio': 5}, 8)
     with pytest.raises(ValueError, match='views'):
         lego(batch)
+
+
+@pytest.mark.parametrize('name', ['lego', 'lego+features'])
+def test_readouts(name):
+    from pyg_lego.nn.heads import graph_space_rows
+    batch = tiny_batch()
+    out = {}
+    for readout in ('rows', 'deviation'):
+        torch.manual_seed(0)
+        model = build_model(name, VIEWS, feature_dims(batch), T=8,
+                            readout=readout).eval()
+        assert f'readout={readout!r}' in repr(model)
+        seen = {}
+        first = model.head.norm if name == 'lego' else model.head.lin1
+        first.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+        out[readout] = model(batch)
+        fused = model.fuse(batch)
+        # The head reads the readout of the fused graph (and, with
+        # features, their projection after it).
+        want = graph_space_rows(fused, batch.edge_index, batch.batch, 8,
+                                readout)
+        assert torch.equal(seen['x'][:, :want.size(1)], want)
+    assert not torch.allclose(out['rows'], out['deviation'])
+    with pytest.raises(ValueError, match='readout must be one of'):
+        build_model(name, VIEWS, feature_dims(batch), T=8, readout='mean')
+
+
+def test_configs_saved_before_readout_and_hidden_channels_load():
+    from dataclasses import asdict
+
+    from pyg_lego.vad.train import TrainConfig
+    config = TrainConfig(views=VIEWS, dims={'rgb': 12, 'flow': 8,
+                                            'audio': 5})
+    assert config.readout == 'deviation'
+    old = asdict(config)
+    del old['readout']
+    assert TrainConfig.from_dict(old).readout == 'rows'
+    # ... and kept the head width as 'hidden'.
+    del old['hidden_channels']
+    old['hidden'] = 16
+    assert TrainConfig.from_dict(old).hidden_channels == 16
+    assert TrainConfig.from_dict(asdict(config)).readout == 'deviation'

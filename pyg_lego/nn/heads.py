@@ -18,6 +18,70 @@ def _check_fused(fused: Tensor, edge_index: Tensor,
                          f"expects {channels}")
 
 
+#: Row readouts of :func:`graph_space_rows`.
+READOUTS = ('rows', 'deviation')
+
+
+def graph_space_rows(fused: Tensor, edge_index: Tensor, batch: Tensor,
+                     num_nodes: int, readout: str = 'rows') -> Tensor:
+    r"""Every node's row of its graph's dense fused graph, as the
+    graph-space heads read it (graphs of a mini-batch densified one by one,
+    each zero-padded to :obj:`num_nodes`).
+
+    :obj:`"rows"` is the paper's readout: row :math:`i` in node order,
+    :math:`[\mathbf{G}_{i, :, 1} \Vert \cdots \Vert \mathbf{G}_{i, :, C}]`.
+    :obj:`"deviation"` is each node's absolute deviation from how its graph's
+    nodes relate to every other node, off the diagonal, sorted in
+    descending order per channel:
+
+    .. math::
+        r_{ij} = \Big| \mathbf{G}_{ij} - \frac{1}{n - 1} \sum_{k \ne j}
+        \mathbf{G}_{kj} \Big|, \quad j \ne i, \qquad
+        \mathbf{h}_i = \mathrm{sort}_{\downarrow}(r_{i, :}),
+
+    with :math:`n` nodes in the graph and zeros after its :math:`n - 1`
+    values. It does not depend on the order of the nodes, it is :math:`0`
+    for a node related to the others as they are among themselves, and it
+    leaves out the self-relation, which is constant for every node in the
+    element-wise mode and dominates the normalised masked powers.
+
+    Args:
+        fused (torch.Tensor): Fused weights :math:`(|\mathcal{E}|, C)`.
+        edge_index (torch.Tensor): Edge indices :math:`(2, |\mathcal{E}|)`.
+        batch (torch.Tensor): Graph of every node :math:`(|\mathcal{V}|)`.
+        num_nodes (int): Largest graph size :math:`N`.
+        readout (str, optional): :obj:`"rows"` or :obj:`"deviation"`.
+            (default: :obj:`"rows"`)
+
+    Returns:
+        :math:`(|\mathcal{V}|, N C)`: the :math:`C` channels of position
+        :math:`j` side by side (node :math:`j` for :obj:`"rows"`, the
+        :math:`j`-th largest deviation for :obj:`"deviation"`).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got "
+                         f"{readout!r}")
+    sizes = torch.bincount(batch)
+    if int(sizes.max()) > num_nodes:
+        raise ValueError(f"a graph has {int(sizes.max())} nodes but the "
+                         f"head was built for at most {num_nodes}")
+    dense = to_dense_adj(edge_index, batch, fused, max_num_nodes=num_nodes)
+    valid = torch.arange(num_nodes, device=batch.device) < \
+        sizes.unsqueeze(-1)
+    if readout == 'rows':
+        return dense.reshape(dense.size(0), num_nodes, -1)[valid]
+    # [B, N, N, C]: every graph's off-diagonal column means over its n
+    # nodes (padded rows and columns are zero and stay zero).
+    off = ~torch.eye(num_nodes, dtype=torch.bool, device=dense.device)
+    off = (off & valid.unsqueeze(-1) & valid.unsqueeze(1)).unsqueeze(-1)
+    dense = dense * off
+    count = (sizes - 1).clamp_min(1).to(dense.dtype).view(-1, 1, 1, 1)
+    mean = dense.sum(dim=1, keepdim=True) / count
+    deviation = (dense - mean).abs() * off
+    rows = deviation.sort(dim=2, descending=True).values
+    return rows.reshape(rows.size(0), num_nodes, -1)[valid]
+
+
 class GraphSpaceHead(torch.nn.Module):
     r"""The graph-space head of LEGO for small graphs (the documentation's
     method page, docs/method.rst, section 4):
@@ -26,20 +90,22 @@ class GraphSpaceHead(torch.nn.Module):
 
     .. math::
         s_i = \mathbf{w}_2^\top \, \mathrm{ReLU}\big(\mathbf{W}_1
-        [\mathbf{G}_{i, :, 1} \Vert \cdots \Vert \mathbf{G}_{i, :, C}]
-        + \mathbf{b}_1\big) + b_2.
+        \mathbf{h}_i + \mathbf{b}_1\big) + b_2, \qquad
+        \mathbf{h}_i = [\mathbf{G}_{i, :, 1} \Vert \cdots \Vert
+        \mathbf{G}_{i, :, C}]
+
+    with the paper's readout :obj:`"rows"`; :obj:`"deviation"` reads each
+    node's sorted deviations from its graph's typical relations instead
+    (:func:`graph_space_rows`), which no longer depends on where a node sits
+    in its graph.
 
     Graphs of a mini-batch are densified one by one (at most
     :obj:`num_nodes` nodes each, smaller ones zero-padded), so this head is
     for the paper's setting of small graphs (e.g. :math:`T = 32` snippets).
 
     By default the rows pass a :class:`~torch.nn.BatchNorm1d` first: fused
-    weights tend to sit in a narrow band (at initialisation on the synthetic
-    video benchmark, off-diagonal weights :math:`0.17 \pm 0.07`) that the
-    plain linear layers barely learn from. On the synthetic video-anomaly
-    benchmark this took the frame AUC of the pure graph-space model from
-    58.5 / 68.1 % to 82.6 / 73.8 % (seeds 0 / 1, 30 epochs, defaults of
-    ``pyg-lego vad train --model lego``).
+    weights tend to sit in a narrow band that the plain linear layers barely
+    learn from (docs/vad.md measures both).
 
     Args:
         num_nodes (int): Largest graph size :math:`N`.
@@ -50,6 +116,9 @@ class GraphSpaceHead(torch.nn.Module):
             (default: :obj:`0.0`)
         norm (bool, optional): Batch-normalise the rows before the first
             layer. (default: :obj:`True`)
+        readout (str, optional): :obj:`"rows"` (the paper's) or
+            :obj:`"deviation"`, see :func:`graph_space_rows`.
+            (default: :obj:`"rows"`)
 
     Shapes:
         - **input:** fused weights :math:`(|\mathcal{E}|, C)`, edge indices
@@ -60,12 +129,16 @@ class GraphSpaceHead(torch.nn.Module):
 
     def __init__(self, num_nodes: int, channels: int = 1,
                  hidden_channels: Optional[int] = None, dropout: float = 0.0,
-                 norm: bool = True):
+                 norm: bool = True, readout: str = 'rows'):
         super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got "
+                             f"{readout!r}")
         self.num_nodes = num_nodes
         self.channels = channels
         self.hidden_channels = hidden_channels or num_nodes
         self.dropout = dropout
+        self.readout = readout
         self.norm = torch.nn.BatchNorm1d(num_nodes * channels) if norm \
             else None
         self.lin1 = torch.nn.Linear(num_nodes * channels, self.hidden_channels)
@@ -86,15 +159,8 @@ class GraphSpaceHead(torch.nn.Module):
         if batch is None:
             batch = edge_index.new_zeros(int(edge_index.max()) + 1)
         check_edge_index(edge_index, batch.numel())
-        sizes = torch.bincount(batch)
-        if int(sizes.max()) > self.num_nodes:
-            raise ValueError(f"a graph has {int(sizes.max())} nodes but the "
-                             f"head was built for at most {self.num_nodes}")
-        dense = to_dense_adj(edge_index, batch, fused,
-                             max_num_nodes=self.num_nodes)
-        valid = torch.arange(self.num_nodes, device=batch.device) < \
-            sizes.unsqueeze(-1)
-        rows = dense.reshape(dense.size(0), self.num_nodes, -1)[valid]
+        rows = graph_space_rows(fused, edge_index, batch, self.num_nodes,
+                                self.readout)
         if self.norm is not None:
             if self.training and rows.size(0) < 2:
                 raise ValueError("batch norm needs at least 2 nodes in "
@@ -109,7 +175,7 @@ class GraphSpaceHead(torch.nn.Module):
         return (f'{self.__class__.__name__}(num_nodes={self.num_nodes}, '
                 f'channels={self.channels}, '
                 f'hidden_channels={self.hidden_channels}, '
-                f'norm={self.norm is not None})')
+                f'norm={self.norm is not None}, readout={self.readout!r})')
 
 
 class PropagationHead(torch.nn.Module):

@@ -6,7 +6,7 @@ baselines the field compares against, behind one interface.
 Every model maps a mini-batch of video relation graphs (see
 :func:`pyg_lego.vad.video.video_graph`) to one anomaly logit per snippet
 (node), :math:`(|\mathcal{V}|,)`. Baselines use the same head as LEGO, a
-two-layer MLP of hidden width :obj:`hidden` (:math:`T` by default, the
+two-layer MLP of hidden width :obj:`hidden_channels` (:math:`T` by default, the
 graph-space head's width), on their own fused snippet representation.
 """
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,6 +18,7 @@ from torch_geometric.nn import GCNConv
 
 from pyg_lego.data.relation import graph_attribute
 from pyg_lego.nn import LEGO, GraphSpaceHead
+from pyg_lego.nn.heads import READOUTS, graph_space_rows
 
 #: Names accepted by :func:`build_model` (``single:<view>`` for each view).
 MODEL_NAMES = ('lego', 'lego+features', 'single', 'concat', 'sum',
@@ -84,36 +85,49 @@ class LEGOVAD(torch.nn.Module):
         T (int): Snippets per video :math:`N` (the head's input width).
         P (int, optional): Highest order. (default: :obj:`2`)
         mode (str, optional): Expansion mode. The element-wise powers (the
-            paper's multilinear reading) are the default here: the masked
-            powers of a complete :math:`T`-graph are normalised to about
-            :math:`1 / T` per entry, so their cross-view products are tiny
-            next to the order-0 diagonal and the head barely sees the
-            relations. (default: :obj:`"elementwise"`)
-        fusion (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
-            (default: :obj:`"polynomial"`)
+            paper's multilinear reading) are the default here, unlike
+            :class:`~pyg_lego.nn.LEGO`'s masked powers for kNN patterns: on
+            a video's complete graph the masked square averages every
+            relation over all :math:`T` intermediate snippets, which blurs
+            the snippets that stand out (docs/vad.md measures it).
+            (default: :obj:`"elementwise"`)
+        fusion (str, optional): :obj:`"linear"` or :obj:`"polynomial"`;
+            linear, as in :class:`~pyg_lego.nn.LEGO`. (default:
+            :obj:`"linear"`)
         channels (int, optional): Fused graphs :math:`C`. (default: :obj:`1`)
         rank (int, optional): CP rank of the polynomial fusion.
-        hidden (int, optional): Head width; :math:`N` if :obj:`None`.
+        hidden_channels (int, optional): Head width; :math:`N` if :obj:`None`.
         dropout (float, optional): Head dropout. (default: :obj:`0.0`)
         dims (Mapping[str, int], optional): Feature widths, needed with
             :obj:`feature_channels`.
         feature_channels (int, optional): Width of the feature projection
             appended to the rows; :obj:`0` is the paper's head.
             (default: :obj:`0`)
+        readout (str, optional): How the head reads each snippet's row of
+            the fused graph (:func:`~pyg_lego.nn.graph_space_rows`):
+            :obj:`"rows"` (the paper's, in snippet order) or
+            :obj:`"deviation"` (the snippet's sorted deviations from how
+            the video's snippets relate to each other). The default, because
+            the pure graph-space head learns far better from it in every
+            expansion mode (docs/vad.md measures both). (default:
+            :obj:`"deviation"`)
     """
 
     def __init__(self, view_names: Sequence[str], T: int, P: int = 2,
-                 mode: str = 'elementwise', fusion: str = 'polynomial',
+                 mode: str = 'elementwise', fusion: str = 'linear',
                  channels: int = 1, rank: Optional[int] = None,
-                 hidden: Optional[int] = None, dropout: float = 0.0,
+                 hidden_channels: Optional[int] = None, dropout: float = 0.0,
                  dims: Optional[Mapping[str, int]] = None,
-                 feature_channels: int = 0):
+                 feature_channels: int = 0, readout: str = 'deviation'):
         super().__init__()
         if T < 2:
             raise ValueError(f"T must be >= 2 snippets, got {T}")
         if feature_channels < 0:
             raise ValueError(f"feature_channels must be >= 0, got "
                              f"{feature_channels}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got "
+                             f"{readout!r}")
         self.view_names = list(view_names)
         self.T = T
         # A video's graph is complete over its T snippets and its heads read
@@ -122,17 +136,19 @@ class LEGOVAD(torch.nn.Module):
         self.lego = LEGO(self.view_names, P=P, mode=mode, fusion=fusion,
                          out_channels=channels, rank=rank, topk=None)
         self.feature_channels = feature_channels
+        self.readout = readout
         if feature_channels:
             if dims is None:
                 raise ValueError("feature_channels needs dims (feature widths "
                                  "per view)")
             width = sum(int(dims[v]) for v in self.view_names)
             self.project = torch.nn.Linear(width, feature_channels)
-            self.head = ScoreMLP(T * channels + feature_channels, hidden or T,
-                                 dropout)
+            self.head = ScoreMLP(T * channels + feature_channels,
+                                 hidden_channels or T, dropout)
         else:
             self.project = None
-            self.head = GraphSpaceHead(T, channels, hidden, dropout)
+            self.head = GraphSpaceHead(T, channels, hidden_channels, dropout,
+                                       readout=readout)
 
     def reset_parameters(self):
         self.lego.reset_parameters()
@@ -153,15 +169,8 @@ class LEGOVAD(torch.nn.Module):
         index = _batch_vector(batch)
         if self.project is None:
             return self.head(fused, batch.edge_index, index), fused
-        from torch_geometric.utils import to_dense_adj
-        sizes = torch.bincount(index)
-        if int(sizes.max()) > self.T:
-            raise ValueError(f"a video has {int(sizes.max())} snippets but "
-                             f"the model was built for T={self.T}")
-        dense = to_dense_adj(batch.edge_index, index, fused,
-                             max_num_nodes=self.T)
-        valid = torch.arange(self.T, device=index.device) < sizes[:, None]
-        rows = dense.reshape(dense.size(0), self.T, -1)[valid]
+        rows = graph_space_rows(fused, batch.edge_index, index, self.T,
+                                self.readout)
         feats = torch.cat(_features(batch, self.view_names), dim=-1)
         h = torch.cat([rows, self.project(feats)], dim=-1)
         return self.head(h), fused
@@ -175,6 +184,7 @@ class LEGOVAD(torch.nn.Module):
     def __repr__(self) -> str:
         extra = (f', feature_channels={self.feature_channels}'
                  if self.feature_channels else '')
+        extra += f', readout={self.readout!r}'
         return (f'{self.__class__.__name__}(views={self.view_names}, '
                 f'T={self.T}, P={self.lego.P}, mode={self.lego.mode!r}, '
                 f'fusion={self.lego.fusion.kind!r}{extra})')
@@ -186,15 +196,15 @@ class SingleView(torch.nn.Module):
     Args:
         view (str): The view.
         in_channels (int): Its width.
-        hidden (int): Head width.
+        hidden_channels (int): Head width.
         dropout (float, optional): Head dropout. (default: :obj:`0.0`)
     """
 
-    def __init__(self, view: str, in_channels: int, hidden: int,
+    def __init__(self, view: str, in_channels: int, hidden_channels: int,
                  dropout: float = 0.0):
         super().__init__()
         self.view_names = [view]
-        self.head = ScoreMLP(in_channels, hidden, dropout)
+        self.head = ScoreMLP(in_channels, hidden_channels, dropout)
 
     def reset_parameters(self):
         self.head.reset_parameters()
@@ -212,11 +222,11 @@ class ConcatFusion(torch.nn.Module):
     \mathbf{x}^{(M)}_i])`."""
 
     def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
-                 hidden: int, dropout: float = 0.0):
+                 hidden_channels: int, dropout: float = 0.0):
         super().__init__()
         self.view_names = list(view_names)
         self.head = ScoreMLP(sum(int(dims[v]) for v in self.view_names),
-                             hidden, dropout)
+                             hidden_channels, dropout)
 
     def reset_parameters(self):
         self.head.reset_parameters()
@@ -234,13 +244,14 @@ class _Projections(torch.nn.Module):
     scale whatever its raw feature norm."""
 
     def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
-                 hidden: int):
+                 hidden_channels: int):
         super().__init__()
         self.view_names = list(view_names)
         self.lins = torch.nn.ModuleList(
-            [torch.nn.Linear(int(dims[v]), hidden) for v in self.view_names])
+            [torch.nn.Linear(int(dims[v]), hidden_channels)
+             for v in self.view_names])
         self.norms = torch.nn.ModuleList(
-            [torch.nn.LayerNorm(hidden) for _ in self.view_names])
+            [torch.nn.LayerNorm(hidden_channels) for _ in self.view_names])
 
     def reset_parameters(self):
         for lin, norm in zip(self.lins, self.norms):
@@ -259,11 +270,11 @@ class SumFusion(torch.nn.Module):
     \mathbf{x}^{(m)}_i)\big)`."""
 
     def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
-                 hidden: int, dropout: float = 0.0):
+                 hidden_channels: int, dropout: float = 0.0):
         super().__init__()
         self.view_names = list(view_names)
-        self.proj = _Projections(view_names, dims, hidden)
-        self.head = ScoreMLP(hidden, hidden, dropout)
+        self.proj = _Projections(view_names, dims, hidden_channels)
+        self.head = ScoreMLP(hidden_channels, hidden_channels, dropout)
 
     def reset_parameters(self):
         self.proj.reset_parameters()
@@ -289,12 +300,12 @@ class AttentionFusion(torch.nn.Module):
     then :math:`s_i = \mathrm{MLP}(\mathbf{h}_i)`."""
 
     def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
-                 hidden: int, dropout: float = 0.0):
+                 hidden_channels: int, dropout: float = 0.0):
         super().__init__()
         self.view_names = list(view_names)
-        self.proj = _Projections(view_names, dims, hidden)
-        self.gate = torch.nn.Linear(hidden, 1)
-        self.head = ScoreMLP(hidden, hidden, dropout)
+        self.proj = _Projections(view_names, dims, hidden_channels)
+        self.gate = torch.nn.Linear(hidden_channels, 1)
+        self.head = ScoreMLP(hidden_channels, hidden_channels, dropout)
 
     def reset_parameters(self):
         self.proj.reset_parameters()
@@ -331,13 +342,13 @@ class CrossViewGCN(torch.nn.Module):
     """
 
     def __init__(self, view_names: Sequence[str], dims: Mapping[str, int],
-                 hidden: int, dropout: float = 0.0):
+                 hidden_channels: int, dropout: float = 0.0):
         super().__init__()
         self.view_names = list(view_names)
         width = sum(int(dims[v]) for v in self.view_names)
-        self.conv = GCNConv(width, hidden)
-        self.skip = torch.nn.Linear(width, hidden, bias=False)
-        self.head = ScoreMLP(hidden, hidden, dropout)
+        self.conv = GCNConv(width, hidden_channels)
+        self.skip = torch.nn.Linear(width, hidden_channels, bias=False)
+        self.head = ScoreMLP(hidden_channels, hidden_channels, dropout)
 
     def reset_parameters(self):
         self.conv.reset_parameters()
@@ -357,26 +368,28 @@ class CrossViewGCN(torch.nn.Module):
 
 
 def build_model(name: str, view_names: Sequence[str], dims: Mapping[str, int],
-                T: Optional[int] = 32, hidden: Optional[int] = None,
+                T: Optional[int] = 32, hidden_channels: Optional[int] = None,
                 dropout: float = 0.0, **opts) -> torch.nn.Module:
     r"""Builds a snippet scorer by name.
 
     Args:
         name (str): :obj:`"lego"` (the paper's graph-space head),
             :obj:`"lego+features"` (rows plus a feature projection of width
-            :obj:`hidden`), :obj:`"single:<view>"`, :obj:`"concat"`,
+            :obj:`hidden_channels`), :obj:`"single:<view>"`, :obj:`"concat"`,
             :obj:`"sum"`, :obj:`"attention"` or :obj:`"gcn"`.
         view_names (list of str): The views the model fuses.
         dims (Mapping[str, int]): Feature width of every view.
         T (int, optional): Snippets per video (LEGO's head width; the
-            default :obj:`hidden`); :obj:`None` for full-length videos,
-            which only the feature baselines take. (default: :obj:`32`)
-        hidden (int, optional): Head width; :obj:`T` (or :obj:`32` at full
-            length) if :obj:`None`.
+            default :obj:`hidden_channels`); :obj:`None` for full-length
+            videos, which only the feature baselines take.
+            (default: :obj:`32`)
+        hidden_channels (int, optional): Head width; :obj:`T` (or :obj:`32`
+            at full length) if :obj:`None`.
         dropout (float, optional): Head dropout. (default: :obj:`0.0`)
         **opts (optional): Arguments of :class:`LEGOVAD` (:obj:`P`,
             :obj:`mode`, :obj:`fusion`, :obj:`channels`, :obj:`rank`,
-            :obj:`feature_channels`); only the LEGO models take them.
+            :obj:`feature_channels`, :obj:`readout`); only the LEGO models
+            take them.
     """
     view_names = list(view_names)
     if not view_names:
@@ -384,7 +397,7 @@ def build_model(name: str, view_names: Sequence[str], dims: Mapping[str, int],
     missing = [v for v in view_names if v not in dims]
     if missing:
         raise ValueError(f"no feature width for view(s) {missing} in dims")
-    hidden = int(hidden or T or 32)
+    hidden_channels = int(hidden_channels or T or 32)
     kind, _, arg = name.partition(':')
     if kind not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of 'lego', "
@@ -397,7 +410,7 @@ def build_model(name: str, view_names: Sequence[str], dims: Mapping[str, int],
         if arg not in view_names:
             raise ValueError(f"model {name!r}: name a view after 'single:', "
                              f"one of {view_names}")
-        return SingleView(arg, int(dims[arg]), hidden, dropout)
+        return SingleView(arg, int(dims[arg]), hidden_channels, dropout)
     if arg:
         raise ValueError(f"model {name!r}: only 'single' takes ':<view>'")
     if kind.startswith('lego'):
@@ -407,12 +420,12 @@ def build_model(name: str, view_names: Sequence[str], dims: Mapping[str, int],
                              f"videos); full-length videos work with the "
                              f"feature baselines")
         if kind == 'lego+features':
-            opts.setdefault('feature_channels', hidden)
-        return LEGOVAD(view_names, T, hidden=hidden, dropout=dropout,
-                       dims=dims, **opts)
+            opts.setdefault('feature_channels', hidden_channels)
+        return LEGOVAD(view_names, T, hidden_channels=hidden_channels,
+                       dropout=dropout, dims=dims, **opts)
     cls = {'concat': ConcatFusion, 'sum': SumFusion,
            'attention': AttentionFusion, 'gcn': CrossViewGCN}[kind]
-    return cls(view_names, dims, hidden, dropout)
+    return cls(view_names, dims, hidden_channels, dropout)
 
 
 def model_names(view_names: Sequence[str]) -> List[str]:

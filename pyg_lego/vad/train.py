@@ -34,9 +34,10 @@ class TrainConfig:
         dims (dict): Feature width of every view.
         T (int, optional): Segments per video; :obj:`None` keeps full
             length (feature baselines only). (default: :obj:`32`)
-        P, mode, fusion, channels, feature_channels: LEGO's options (see
-            :class:`~pyg_lego.vad.models.LEGOVAD`).
-        hidden (int, optional): Head width; :obj:`T` if :obj:`None`.
+        P, mode, fusion, channels, feature_channels, readout: LEGO's
+            options (see :class:`~pyg_lego.vad.models.LEGOVAD`).
+        hidden_channels (int, optional): Head width; :obj:`T` if
+            :obj:`None`.
         dropout (float): Head dropout.
         loss (str): :obj:`"topk"` (top-:math:`k` MIL BCE) or
             :obj:`"ranking"` (Sultani et al.).
@@ -55,10 +56,11 @@ class TrainConfig:
     T: Optional[int] = 32
     P: int = 2
     mode: str = 'elementwise'
-    fusion: str = 'polynomial'
+    fusion: str = 'linear'
     channels: int = 1
     feature_channels: int = 0
-    hidden: Optional[int] = None
+    readout: str = 'deviation'
+    hidden_channels: Optional[int] = None
     dropout: float = 0.0
     loss: str = 'topk'
     topk: Optional[int] = None
@@ -94,17 +96,23 @@ class TrainConfig:
         if not self.model.startswith('lego'):
             return {}
         opts = dict(P=self.P, mode=self.mode, fusion=self.fusion,
-                    channels=self.channels)
+                    channels=self.channels, readout=self.readout)
         if self.feature_channels:
             opts['feature_channels'] = self.feature_channels
         return opts
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
+        # Configs saved before the PyG name kept the head width as 'hidden'.
+        d = {('hidden_channels' if k == 'hidden' else k): v
+             for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
+        # Configs saved before the readout option was added were trained
+        # with the paper's rows: their weights fit that readout only.
+        d.setdefault('readout', 'rows')
         return cls(**d)
 
 
@@ -118,7 +126,8 @@ def make_model(config: TrainConfig) -> torch.nn.Module:
     r"""The model a config describes, initialised from :obj:`config.seed`."""
     torch.manual_seed(config.seed)
     return build_model(config.model, config.views, config.dims, config.T,
-                       hidden=config.hidden, dropout=config.dropout,
+                       hidden_channels=config.hidden_channels,
+                       dropout=config.dropout,
                        **config.model_options())
 
 
@@ -231,8 +240,8 @@ def train(config: TrainConfig, train_set: VideoGraphDataset,
         if checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
         state = load_checkpoint(checkpoint)
-        saved = dict(state['config'], epochs=config.epochs,
-                     device=config.device)
+        saved = dict(asdict(TrainConfig.from_dict(state['config'])),
+                     epochs=config.epochs, device=config.device)
         if saved != asdict(config):
             diff = sorted(k for k, v in asdict(config).items()
                           if saved.get(k) != v)
