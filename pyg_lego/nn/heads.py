@@ -105,7 +105,7 @@ class GraphSpaceHead(torch.nn.Module):
 
     By default the rows pass a :class:`~torch.nn.BatchNorm1d` first: fused
     weights tend to sit in a narrow band that the plain linear layers barely
-    learn from (docs/vad.md measures both).
+    learn from.
 
     Args:
         num_nodes (int): Largest graph size :math:`N`.
