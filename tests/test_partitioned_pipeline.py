@@ -1,8 +1,10 @@
 r"""The partitioned pipeline's job (``python -m pyg_lego.distributed``): its
-shards on 2 ranks (under torchrun) equal one process's; a rank that raises,
-exits or hangs ends the job on every rank within the timeout, with a message
-naming it; a killed job resumes from its shards without recomputing them;
-bad options fail with one line."""
+shards on 2 ranks (under torchrun) equal one process's; a rank that raises
+or hangs ends the job on every rank within the timeout, with a message
+naming it, and so does one that exits at once (os._exit, as if killed),
+after which the job resumes from its shards without recomputing them; a
+changed option recomputes only the stages it changes; bad options fail with
+one line."""
 import os
 import socket
 import subprocess
@@ -40,8 +42,6 @@ def faulty(ctx):
     if ctx.rank == 1:
         if kind == 'raise':
             raise RuntimeError('injected fault')
-        if kind == 'exit':
-            sys.exit(3)
         if kind == 'kill':
             os._exit(3)
         if kind == 'sleep':
@@ -117,6 +117,14 @@ def test_torchrun_job_equals_one_process_on_npy_files(clean, tmp_path):
     for stage in STAGES[1:]:
         torch.testing.assert_close(joined(clean, stage), shard(out, 0, stage),
                                    rtol=1e-6, atol=1e-7)
+    # Another P changes the powers and the fusion, not the pattern.
+    proc = subprocess.run(proc.args + ['--resume', '--P', '1'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = read_json(os.path.join(out, 'manifest.json'))['ranks'][0]['run']
+    assert run['reused'] == ['pattern', 'scores']
+    assert run['computed'] == ['powers', 'fusion']
+    assert shard(out, 0, 'powers').size(-1) == 2
     manifest = read_json(os.path.join(clean, 'manifest.json'))
     assert manifest['sizes'] == [250, 250]
     for r, rec in enumerate(manifest['ranks']):
@@ -134,7 +142,6 @@ def test_torchrun_job_equals_one_process_on_npy_files(clean, tmp_path):
 @pytest.mark.parametrize('kind, message', [
     ('raise', "rank 1 failed in stage 'scores': RuntimeError: injected "
               "fault"),
-    ('exit', "rank 1 exited with status 3 in stage 'scores'"),
     ('sleep', f"rank 0 timed out after --timeout {TIMEOUT} s in stage "
               f"'scores' waiting for rank(s) [1]"),
 ])
@@ -182,20 +189,6 @@ def test_resume_after_a_killed_job_reuses_its_shards(clean, tmp_path):
         assert torch.equal(joined(out, stage), joined(clean, stage))
 
 
-def test_resume_recomputes_what_the_config_changes(tmp_path):
-    # One process: P changes the powers and the fusion, not the pattern.
-    out = str(tmp_path)
-    args = [PYTHON, '-m', 'pyg_lego.distributed', *JOB, '--out', out]
-    for extra in ([], ['--resume', '--P', '1']):
-        proc = subprocess.run(args + extra, cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    run = read_json(os.path.join(out, 'manifest.json'))['ranks'][0]['run']
-    assert run['reused'] == ['pattern', 'scores']
-    assert run['computed'] == ['powers', 'fusion']
-    assert shard(out, 0, 'powers').size(-1) == 2
-
-
 @pytest.mark.parametrize('args, message', [
     (['--out', 'x'], "one of the arguments --view --synthetic is required"),
     (['--synthetic', '10', '--view', 'a=a.{rank}.npy', '--out', 'x'],
@@ -221,15 +214,15 @@ def test_bad_options_fail_with_one_line(capsys, args, message):
     assert err.startswith('python -m pyg_lego.distributed: error: ')
 
 
-def test_a_missing_file_fails_with_one_line(tmp_path):
-    proc = subprocess.run(
-        [PYTHON, '-m', 'pyg_lego.distributed', '--out', str(tmp_path),
-         f'--view=a={tmp_path}/none.{{rank}}.npy'], cwd=ROOT,
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "python -m pyg_lego.distributed: rank 0: error: rank 0 in stage "
-        "'setup': view 'a': cannot load"), proc.stderr
+def test_a_missing_file_fails_with_its_path(tmp_path):
+    config = pipeline.PipelineConfig(
+        views=[('a', f'{tmp_path}/a.{{rank}}.npy')])
+    with pytest.raises(pipeline.PipelineError,
+                       match=f"view 'a': cannot load {tmp_path}/a.1.npy"):
+        pipeline.load_views(config, 1, 2)
+    np.save(tmp_path / 'a.1.npy', np.zeros(3, dtype=np.float32))
+    with pytest.raises(pipeline.PipelineError, match='must hold a 2-D'):
+        pipeline.load_views(config, 1, 2)
 
 
 def test_synthetic_rows_do_not_depend_on_the_split():

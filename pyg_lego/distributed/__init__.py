@@ -11,11 +11,15 @@ pattern of :func:`~pyg_lego.data.knn_pattern`.
 pattern in every view, :func:`partitioned_graph_powers` expands them into
 their graph powers and :class:`PartitionedLEGO` fuses them, each fetching
 only the rows of other processes that its edges need (halo exchanges by
-:func:`~torch.distributed.all_to_all_single`)."""
+:func:`~torch.distributed.all_to_all_single`). ``python -m
+pyg_lego.distributed`` runs them all as a job of one process per rank
+(:func:`run_pipeline`), writing each rank's shards and resuming from them."""
 from pyg_lego.distributed.expansion import (PartitionedLEGO,
                                             partitioned_graph_powers)
 from pyg_lego.distributed.knn import (PartitionedKNN, partition_sizes,
                                       partitioned_knn, partitioned_pattern)
+from pyg_lego.distributed.pipeline import (PipelineConfig, run_pipeline,
+                                           synthetic_rows)
 from pyg_lego.distributed.relation import partitioned_relation_scores
 from pyg_lego.distributed.training import (PartitionedGCN,
                                            PartitionedNodeClassifier,
@@ -26,10 +30,13 @@ __all__ = [
     'PartitionedKNN',
     'PartitionedLEGO',
     'PartitionedNodeClassifier',
+    'PipelineConfig',
     'partition_sizes',
     'partitioned_graph_powers',
     'partitioned_knn',
     'partitioned_pattern',
     'partitioned_relation_scores',
     'partitioned_train_step',
+    'run_pipeline',
+    'synthetic_rows',
 ]

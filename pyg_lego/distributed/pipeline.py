@@ -596,13 +596,26 @@ def _agree(flags: List[bool]) -> List[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def _keep(ctx: Context, stages: Sequence[str], have: Dict[str, bool],
+          inputs: Dict[str, Tuple[str, ...]]) -> None:
+    r"""Frees the tensors that no stage still to compute reads: they would
+    add to its peak."""
+    needed = {n for s in stages if not have[s] for n in inputs[s]}
+    for name in list(ctx.tensors):
+        if name not in needed:
+            del ctx.tensors[name]
+
+
 def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
                  resume: bool = False, until: str = 'fusion',
                  guard: Optional[Guard] = None,
                  log: Callable[[str], None] = lambda msg: None) -> dict:
     r"""Runs the stages of one rank of a job, in an initialised default
     process group of :math:`W` ranks, and writes the rank's shards and
-    manifest under :obj:`out`; :meth:`main` is its command line.
+    manifest under :obj:`out` (``python -m pyg_lego.distributed`` is its
+    command line). Each stage's peak memory is the process's RSS high-water
+    mark (VmHWM, reset before the stage) and its bytes are those this rank
+    sent to other ranks.
 
     Args:
         config (PipelineConfig): What to compute (the same on every rank).
@@ -624,6 +637,9 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         sent.
     """
     stages = STAGES[:STAGES.index(until) + 1]
+    inputs = dict(INPUTS)
+    if config.mode == 'propagated':  # it propagates the features
+        inputs['powers'] += ('views', )
     base_rss = rss()
     ctx = Context(config, out, rank, world)
     t0 = time.perf_counter()
@@ -671,7 +687,9 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
             this_run['reused'].append(stage)
             log(f"stage {stage}: reused ({ctx.shards[stage]})")
             continue
-        for name in INPUTS[stage]:
+        log(f"stage {stage}: running")
+        _keep(ctx, stages[i:], have, inputs)
+        for name in inputs[stage]:
             ctx.get(name)
         _clear_peak()
         start_rss = rss()
@@ -685,11 +703,7 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         _atomic(ctx.shards[stage], lambda tmp: torch.save(
             {name: value, 'offset': ctx.offset, 'num_local': ctx.num_local,
              'hash': hashes[stage]}, tmp))
-        # Free what no later stage reads (the peak of the next one).
-        later = {n for s in stages[i + 1:] for n in INPUTS[s]}
-        for n in list(ctx.tensors):
-            if n not in later:
-                del ctx.tensors[n]
+        _keep(ctx, stages[i + 1:], have, inputs)
         entry = {'hash': hashes[stage], 'file': os.path.basename(
             ctx.shards[stage]), 'file_bytes': os.path.getsize(
             ctx.shards[stage]), 'shape': list(value.shape),
