@@ -118,6 +118,12 @@ def _random_halo(n: float, num_nodes: float, deg: float) -> float:
     return (num_nodes - n) * (1 - math.exp(-n * (deg - 1) / num_nodes))
 
 
+def _fit_sizes(result: dict) -> list:
+    r"""The N measured on one process and on several."""
+    return [j['N'] for j in result['jobs'] if j['W'] == 1 and any(
+        o['N'] == j['N'] and o['W'] > 1 for o in result['jobs'])]
+
+
 def memory_model(result: dict) -> dict:
     r"""Each stage's peak RSS above the base as :math:`c + a E_r + h H_r`:
     :math:`h` the halo's bytes per node as received (analytic), :math:`a`
@@ -127,9 +133,7 @@ def memory_model(result: dict) -> dict:
     measurement."""
     meta = result['meta']
     dims, views = sum(meta['dims']), len(meta['dims'])
-    sizes = [j['N'] for j in result['jobs'] if j['W'] == 1 and any(
-        o['N'] == j['N'] and o['W'] > 1 for o in result['jobs'])]
-    num_nodes = max(sizes)
+    num_nodes = max(_fit_sizes(result))
     one = next(j for j in result['jobs']
                if j['N'] == num_nodes and j['W'] == 1)
     many = max((j for j in result['jobs'] if j['N'] == num_nodes),
@@ -256,6 +260,8 @@ def to_markdown(result: dict) -> str:
                     f"| {job['N']} | {job['W']} | {r['rank']} | {r['rows']} "
                     f"| {stage} | {s['time_s']:.2f} | {_gib(s['peak_rss'])} "
                     f"| {s['sent_bytes'] / MiB:.2f} |")
+    if not _fit_sizes(result):  # no model without W = 1 and W > 1
+        return '\n'.join(lines) + '\n'
     model = memory_model(result)
     n_f, w_f = model['from']
     lines += ['', f"Peak RSS above the base per stage as c + a E_r + h H_r "

@@ -350,3 +350,29 @@ def test_vad_markdown_matches_its_records(tmp_path):
         script=VAD)
     with open(os.path.join(results, 'vad.md')) as f:
         assert out.read_text() == f.read()
+
+
+PARTITIONED = os.path.join(ROOT, 'benchmarks', 'partitioned.py')
+
+
+def test_partitioned_benchmark_writes_its_records(tmp_path):
+    run('--sizes', '600', '--worlds', '1', '2', '--k', '4', '--dims', '4',
+        '3', '--out', str(tmp_path), script=PARTITIONED)
+    result = json.loads((tmp_path / 'partitioned.json').read_text())
+    assert [(j['N'], j['W']) for j in result['jobs']] == [(600, 1), (600, 2)]
+    for job in result['jobs']:
+        for r in job['ranks']:
+            assert r['rows'] == 600 // job['W']
+            for s in r['stages'].values():
+                assert s['time_s'] >= 0 and s['peak_rss'] > r['base_rss'] / 2
+    assert '| 600 | 2 |' in (tmp_path / 'partitioned.md').read_text()
+
+
+def test_partitioned_markdown_matches_its_records(tmp_path):
+    # The committed tables are what the committed record renders to.
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    out = tmp_path / 'partitioned.md'
+    run('render', os.path.join(results, 'partitioned.json'), '--markdown',
+        str(out), script=PARTITIONED)
+    with open(os.path.join(results, 'partitioned.md')) as f:
+        assert out.read_text() == f.read()
