@@ -2,7 +2,7 @@ r"""Graph-quality diagnostics: how well a graph's edges join nodes of the
 same class, weighted and unweighted, and how many edges a node has. They
 measure a fused graph without training a model on it, so they do not carry a
 GNN's training noise."""
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from torch import Tensor
 from torch_geometric.utils import homophily
@@ -87,4 +87,32 @@ def view_quality(relation, y: Tensor) -> Dict[str, Dict[str, float]]:
     return out
 
 
-__all__ = ['edge_homophily', 'graph_quality', 'view_quality']
+def view_overlap(edge_index: Tensor, edge_attr: Tensor) -> Dict[str, Any]:
+    r"""How much the views of a relation graph share its pattern: the
+    share of the pattern's edges (self-loops left out) on which each view's
+    score is non-zero, and the share on which every view's is.
+
+    A product of the views' scores, as in the polynomial fusion's
+    cross-view terms, vanishes on every edge outside the last share: views
+    that are given graphs with few edges in common leave it no edges.
+
+    Args:
+        edge_index (torch.Tensor): The pattern :math:`(2, |\mathcal{E}|)`.
+        edge_attr (torch.Tensor): Scores :math:`(|\mathcal{E}|, M)`.
+
+    Returns:
+        :obj:`{'per_view': [M shares], 'all_views': share}`, NaN for a
+        pattern without such edges.
+    """
+    if edge_attr.dim() != 2 or edge_attr.size(0) != edge_index.size(1):
+        raise ValueError(f"edge_attr must have shape [{edge_index.size(1)}, "
+                         f"M], got {list(edge_attr.shape)}")
+    nonzero = edge_attr[edge_index[0] != edge_index[1]] != 0
+    if nonzero.size(0) == 0:
+        return {'per_view': [float('nan')] * edge_attr.size(1),
+                'all_views': float('nan')}
+    return {'per_view': nonzero.double().mean(0).tolist(),
+            'all_views': float(nonzero.all(1).double().mean())}
+
+
+__all__ = ['edge_homophily', 'graph_quality', 'view_quality', 'view_overlap']

@@ -376,3 +376,31 @@ def test_partitioned_markdown_matches_its_records(tmp_path):
         str(out), script=PARTITIONED)
     with open(os.path.join(results, 'partitioned.md')) as f:
         assert out.read_text() == f.read()
+
+def test_fusion_overlap_markdown_matches_its_records():
+    spec = importlib.util.spec_from_file_location(
+        'multiview_fusion', os.path.join(ROOT, 'benchmarks',
+                                         'multiview_fusion.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    with open(os.path.join(results, 'fusion_overlap.json')) as f:
+        record = json.load(f)
+    with open(os.path.join(results, 'fusion_overlap.md')) as f:
+        assert module.overlap_markdown(record) == f.read()
+    # The given graphs of the multiplex SBM share no edge.
+    assert record['datasets']['multiplex-sbm']['all_views'] == 0.0
+
+
+def test_fusion_overlap_stage_writes_its_records(tmp_path):
+    run('overlap', '--small', '--datasets', 'multiplex-sbm', 'digits',
+        '--out', str(tmp_path / 'o.json'), '--markdown',
+        str(tmp_path / 'o.md'),
+        script=os.path.join(ROOT, 'benchmarks', 'multiview_fusion.py'))
+    record = json.loads((tmp_path / 'o.json').read_text())
+    assert list(record['datasets']) == ['multiplex-sbm', 'digits']
+    sbm = record['datasets']['multiplex-sbm']
+    assert len(sbm['per_view']) == len(sbm['views']) == 4
+    assert sbm['all_views'] <= min(sbm['per_view'])
+    assert sbm['all_views'] <= sbm['all_views_any_order'] <= 1
+    assert '| digits |' in (tmp_path / 'o.md').read_text()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pyg_lego import build_relation_graph
-from pyg_lego.diagnostics import edge_homophily, graph_quality, view_quality
+from pyg_lego.diagnostics import (edge_homophily, graph_quality, view_overlap,
+                                  view_quality)
 
 
 def _tiny():
@@ -51,3 +52,25 @@ def test_view_quality():
     assert q['good']['weighted_homophily'] > q['noise']['weighted_homophily']
     assert q['pattern']['edges_per_node'] == pytest.approx(
         int((data.edge_index[0] != data.edge_index[1]).sum()) / 20)
+
+
+def test_view_overlap_known_answer():
+    ei, _ = _tiny()
+    # Six off-diagonal edges; view 0 scores four, view 1 three, both two.
+    attr = torch.tensor([[1.0, 1.0], [0.5, 0.2], [0.5, 0.0], [0.0, 0.3],
+                         [0.2, 0.0], [0.0, 0.4], [0.1, 0.0]])
+    out = view_overlap(ei, attr)
+    assert out['per_view'] == pytest.approx([4 / 6, 3 / 6])
+    assert out['all_views'] == pytest.approx(1 / 6)
+    # Given graphs with no edge in common leave a product no edge.
+    from pyg_lego import GivenGraph
+    a = GivenGraph(torch.tensor([[0, 1], [1, 0]]))
+    b = GivenGraph(torch.tensor([[1, 2], [2, 1]]))
+    data = build_relation_graph({'a': a, 'b': b}, num_nodes=3)
+    out = view_overlap(data.edge_index, data.edge_attr)
+    assert out['per_view'] == pytest.approx([0.5, 0.5])
+    assert out['all_views'] == 0.0
+    loops = torch.tensor([[0, 1], [0, 1]])
+    assert math.isnan(view_overlap(loops, torch.ones(2, 2))['all_views'])
+    with pytest.raises(ValueError, match='edge_attr must have shape'):
+        view_overlap(ei, torch.ones(7))
