@@ -627,9 +627,11 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
             :obj:`False`)
         until (str, optional): The last stage to run. (default:
             :obj:`"fusion"`)
-        guard (Guard, optional): Told the current stage, for the message
-            of a failure. (default: :obj:`None`)
-        log (callable, optional): Takes a progress line.
+        guard (object, optional): The command line's watchdog, told the
+            current stage for the message of a failure.
+            (default: :obj:`None`)
+        log (callable, optional): Takes a progress line. (default: prints
+            nothing)
 
     Returns:
         This rank's record of the run: for every stage, whether it was
