@@ -3,8 +3,9 @@ shards on 2 ranks (under torchrun) equal one process's; a rank that raises
 or hangs ends the job on every rank within the timeout, with a message
 naming it, and so does one that exits at once (os._exit, as if killed),
 after which the job resumes from its shards without recomputing them; a
-changed option recomputes only the stages it changes; bad options fail with
-one line."""
+changed option recomputes only the stages it changes; the train stage on 2
+ranks gives one process's losses and parameters, and resumes by its options;
+bad options fail with one line."""
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import torch
 from pyg_lego.data import knn_pattern
 from pyg_lego.distributed import pipeline
 from pyg_lego.distributed.pipeline import (STAGES, read_json, rank_dir,
-                                           synthetic_rows)
+                                           synthetic_classes, synthetic_rows)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -26,6 +27,13 @@ TORCHRUN = os.path.join(os.path.dirname(PYTHON), 'torchrun')
 N, K = 500, 5
 JOB = ['--synthetic', str(N), '--k', str(K), '--synthetic-dims', '6', '4',
        '--quiet']
+#: The stages of the default job (--until fusion).
+FUSED = STAGES[:STAGES.index('fusion') + 1]
+#: The train stage, in float64: the shards before it are the same bits on
+#: 1 and 2 ranks, so the losses and parameters differ by rounding only.
+TRAIN = ['--until', 'train', '--epochs', '4', '--lr', '0.05',
+         '--hidden-channels', '8', '--layers', '2', '--train-dtype',
+         'float64']
 TIMEOUT = 4
 #: Seconds a failed job may take past its timeout: the start of the
 #: processes (an import of torch each, on a shared machine) and the
@@ -89,11 +97,11 @@ def joined(out, stage, world=2):
 
 @pytest.fixture(scope='module')
 def clean(tmp_path_factory):
-    r"""A whole job on 2 ranks under torchrun."""
+    r"""A whole job on 2 ranks under torchrun, the train stage included."""
     out = str(tmp_path_factory.mktemp('clean'))
     proc = subprocess.run(
         [TORCHRUN, '--standalone', '--nproc_per_node=2', '-m',
-         'pyg_lego.distributed', *JOB, '--out', out], cwd=ROOT,
+         'pyg_lego.distributed', *JOB, *TRAIN, '--out', out], cwd=ROOT,
         capture_output=True, text=True, timeout=120,
         env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,7 +122,7 @@ def test_torchrun_job_equals_one_process_on_npy_files(clean, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.equal(joined(clean, 'pattern'), shard(out, 0, 'pattern'))
     assert torch.equal(shard(out, 0, 'pattern'), knn_pattern(views, K))
-    for stage in STAGES[1:]:
+    for stage in FUSED[1:]:
         torch.testing.assert_close(joined(clean, stage), shard(out, 0, stage),
                                    rtol=1e-6, atol=1e-7)
     # Another P changes the powers and the fusion, not the pattern.
@@ -185,7 +193,7 @@ def test_resume_after_a_killed_job_reuses_its_shards(clean, tmp_path):
     for (r, s), mtime in built.items():
         assert os.stat(os.path.join(rank_dir(out, r), f'{s}.pt')) \
             .st_mtime_ns == mtime
-    for stage in STAGES:
+    for stage in FUSED:
         assert torch.equal(joined(out, stage), joined(clean, stage))
 
 
@@ -204,6 +212,20 @@ def test_resume_after_a_killed_job_reuses_its_shards(clean, tmp_path):
      "invalid choice: 'dense'"),
     (['--synthetic', '10', '--state', 'missing.pt', '--out', 'x'],
      "--state missing.pt: no such file"),
+    (['--view', 'a=a.{rank}.npy', '--until', 'train', '--out', 'x'],
+     "--until train with --view needs --labels"),
+    (['--view', 'a=a.{rank}.npy', '--labels', 'y.npy', '--out', 'x'],
+     "--labels takes a pattern with {rank} in it"),
+    (['--synthetic', '20', '--labels', 'y.{rank}.npy', '--out', 'x'],
+     "--labels is for --view jobs"),
+    (['--synthetic', '10', '--epochs', '0', '--out', 'x'],
+     "must be a positive int, got '0'"),
+    (['--synthetic', '10', '--lr', '-1', '--out', 'x'],
+     "must be a positive float, got '-1'"),
+    (['--synthetic', '10', '--train-fraction', '1.5', '--out', 'x'],
+     "must be a fraction in (0, 1], got '1.5'"),
+    (['--synthetic', '10', '--train-dtype', 'half', '--out', 'x'],
+     "invalid choice: 'half'"),
 ])
 def test_bad_options_fail_with_one_line(capsys, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -225,8 +247,83 @@ def test_a_missing_file_fails_with_its_path(tmp_path):
         pipeline.load_views(config, 1, 2)
 
 
+def test_bad_labels_fail_with_their_path(tmp_path):
+    config = pipeline.PipelineConfig(views=[('a', 'a.{rank}.npy')],
+                                     labels=f'{tmp_path}/y.{{rank}}.npy')
+    with pytest.raises(pipeline.PipelineError,
+                       match=f"--labels: cannot load {tmp_path}/y.1.npy"):
+        pipeline.load_labels(config, 1, 2, 3)
+    np.save(tmp_path / 'y.1.npy', np.zeros(4, dtype=np.int64))
+    with pytest.raises(pipeline.PipelineError, match="rank's 3 rows, got "
+                                                     "shape \\(4,\\)"):
+        pipeline.load_labels(config, 1, 2, 3)
+    np.save(tmp_path / 'y.1.npy', np.array([0, -2, 1]))
+    with pytest.raises(pipeline.PipelineError, match="a class below -1"):
+        pipeline.load_labels(config, 1, 2, 3)
+
+
 def test_synthetic_rows_do_not_depend_on_the_split():
     whole = synthetic_rows(9000, [3, 2], 1, 0, 9000)
     part = synthetic_rows(9000, [3, 2], 1, 4000, 8200)
     for name in whole:
         assert torch.equal(whole[name][4000:8200], part[name])
+    y, mask = synthetic_classes(9000, 1, 0, 9000)
+    part_y, part_mask = synthetic_classes(9000, 1, 4000, 8200)
+    assert torch.equal(y[4000:8200], part_y)
+    assert torch.equal(mask[4000:8200], part_mask)
+    assert int(y.max()) == pipeline.SYNTHETIC_CLUSTERS - 1
+    assert 0.45 < mask.float().mean() < 0.55
+    # The classes are the clusters: nodes of one class share their centre.
+    x = whole['v0']
+    same = (x[y == 3] - x[y == 3].mean(0)).norm(dim=1).mean()
+    assert same < (x - x.mean(0)).norm(dim=1).mean()
+
+
+def test_train_stage_on_two_ranks_equals_one_process(clean, tmp_path):
+    # The clean job's two ranks trained on their clusters; one process
+    # reads the same rows and classes (-1 off the train mask) from .npy
+    # files.
+    views = synthetic_rows(N, [6, 4], 0, 0, N)
+    for name, x in views.items():
+        np.save(tmp_path / f'{name}.0.npy', x.numpy())
+    y, mask = synthetic_classes(N, 0, 0, N)
+    np.save(tmp_path / 'y.0.npy', torch.where(mask, y, -1).numpy())
+    one = str(tmp_path / 'one')
+    args = [PYTHON, '-m', 'pyg_lego.distributed', '--k', str(K), '--out',
+            one, f'--labels={tmp_path}/y.{{rank}}.npy'] + \
+        [f'--view={n}={tmp_path}/{n}.{{rank}}.npy' for n in views]
+    proc = subprocess.run(args + TRAIN, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count('stage train: epoch ') == 4
+    ref = torch.load(os.path.join(rank_dir(one, 0), 'train.pt'))
+    assert ref['num_classes'] == pipeline.SYNTHETIC_CLUSTERS
+    assert ref['losses'][-1] < ref['losses'][0]
+    # Measured: 9e-16 in the losses, 2e-15 relative in the parameters.
+    tol = dict(rtol=1e-10, atol=1e-12)
+    for r in range(2):
+        got = torch.load(os.path.join(rank_dir(clean, r), 'train.pt'))
+        torch.testing.assert_close(got['losses'], ref['losses'], **tol)
+        assert got['state'].keys() == ref['state'].keys()
+        for key, value in ref['state'].items():
+            assert value.dtype == torch.float64
+            torch.testing.assert_close(got['state'][key], value, **tol)
+    manifest = read_json(os.path.join(clean, 'manifest.json'))
+    for rec in manifest['ranks']:
+        entry = rec['stages']['train']
+        assert entry['shape'] == [4] and len(entry['losses']) == 4
+        assert entry['peak_rss'] > 0 and entry['time_s'] > 0
+        assert entry['sent']['train/gradients'] > 0
+        assert entry['sent']['train/gcn/features'] > 0
+    # Another --epochs recomputes the training only; its first epochs are
+    # the same.
+    proc = subprocess.run(args + TRAIN + ['--resume', '--epochs', '3',
+                                          '--quiet'],
+                          cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = read_json(os.path.join(one, 'manifest.json'))['ranks'][0]['run']
+    assert run['reused'] == list(FUSED) and run['computed'] == ['train']
+    again = torch.load(os.path.join(rank_dir(one, 0), 'train.pt'))
+    assert torch.equal(again['losses'], ref['losses'][:3])
+    assert not [f for f in os.listdir(rank_dir(one, 0)) if 'tmp' in f]

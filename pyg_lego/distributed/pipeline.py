@@ -2,12 +2,17 @@ r"""The partitioned pipeline as a job of :math:`W` processes
 (``python -m pyg_lego.distributed``, one process per rank, e.g. under
 ``torchrun``): each rank loads (or generates) its rows of every view, builds
 its rows of the kNN pattern and their scores, expands them into graph powers
-and fuses them, and writes every stage's shard to an output folder.
+and fuses them, and writes every stage's shard to an output folder; with
+``--until train`` it then trains the fusion and a GCN head jointly for node
+classification over the partitioned fused graph
+(:func:`~pyg_lego.distributed.partitioned_train_step`).
 
 .. code-block:: bash
 
     torchrun --nproc_per_node=4 -m pyg_lego.distributed \
         --synthetic 100000 --k 16 --out shards/
+    torchrun --nproc_per_node=4 -m pyg_lego.distributed \
+        --synthetic 100000 --k 16 --until train --epochs 200 --out shards/
 
 Every shard is written atomically (a temporary file, then
 :func:`os.replace`), and each rank keeps a manifest of the shards it has
@@ -46,15 +51,20 @@ from pyg_lego.distributed.expansion import (PartitionedLEGO,
 from pyg_lego.distributed.halo import CommStats, record
 from pyg_lego.distributed.knn import partition_sizes, partitioned_pattern
 from pyg_lego.distributed.relation import partitioned_relation_scores
+from pyg_lego.distributed.training import (PartitionedGCN,
+                                           PartitionedNodeClassifier,
+                                           partitioned_train_step)
 from pyg_lego.nn.graph_power import MODES
 
 #: The stages, in order, and the tensors each one writes to its shard.
-STAGES = ('pattern', 'scores', 'powers', 'fusion')
+STAGES = ('pattern', 'scores', 'powers', 'fusion', 'train')
 OUTPUTS = {'pattern': 'edge_index', 'scores': 'edge_attr',
-           'powers': 'powers', 'fusion': 'fused'}
-#: The tensors each stage reads.
+           'powers': 'powers', 'fusion': 'fused', 'train': 'state'}
+#: The tensors each stage reads (the training fuses the powers itself, from
+#: the fusion's initial parameters).
 INPUTS = {'pattern': ('views', ), 'scores': ('views', 'edge_index'),
-          'powers': ('edge_index', 'edge_attr'), 'fusion': ('powers', )}
+          'powers': ('edge_index', 'edge_attr'), 'fusion': ('powers', ),
+          'train': ('views', 'edge_index', 'powers')}
 #: Options that change each stage's output (with those of the stages
 #: before it, whose hash it includes).
 STAGE_OPTIONS = {
@@ -62,6 +72,8 @@ STAGE_OPTIONS = {
     'scores': ('score_map', 'gamma'),
     'powers': ('P', 'mode', 'order0'),
     'fusion': ('fusion', 'out_channels', 'cp_rank', 'seed', 'state'),
+    'train': ('epochs', 'lr', 'hidden_channels', 'layers', 'labels',
+              'train_fraction', 'train_dtype'),
 }
 #: Rows of one seeded chunk of the synthetic views: rank r generates only
 #: the chunks its rows overlap, the same rows whatever W is.
@@ -108,6 +120,22 @@ class PipelineConfig:
             (default: :obj:`None`)
         memory_budget (int, optional): Bytes of one block of kNN scores.
             (default: :obj:`None`)
+        epochs (int): Training epochs (full-graph Adam steps) of the
+            ``train`` stage. (default: :obj:`100`)
+        lr (float): Adam's learning rate. (default: :obj:`0.01`)
+        hidden_channels (int): Hidden width of the GCN head.
+            (default: :obj:`64`)
+        layers (int): GCN layers. (default: :obj:`2`)
+        labels (str, optional): Path pattern of each rank's classes, with
+            ``{rank}`` in it: a 1-D integer ``.npy`` array of :math:`n_r`
+            classes, :obj:`-1` where a node is unlabelled (needed by the
+            ``train`` stage with :obj:`views`; synthetic rows carry their
+            clusters as classes). (default: :obj:`None`)
+        train_fraction (float): With :obj:`synthetic`, the fraction of the
+            nodes in the seeded train mask. (default: :obj:`0.5`)
+        train_dtype (str): :obj:`"float32"` or :obj:`"float64"`: the
+            training's dtype (features, powers and parameters are cast to
+            it). (default: :obj:`"float32"`)
     """
     views: List[Tuple[str, str]] = field(default_factory=list)
     synthetic: Optional[int] = None
@@ -125,6 +153,13 @@ class PipelineConfig:
     seed: int = 0
     state: Optional[str] = None
     memory_budget: Optional[int] = None
+    epochs: int = 100
+    lr: float = 0.01
+    hidden_channels: int = 64
+    layers: int = 2
+    labels: Optional[str] = None
+    train_fraction: float = 0.5
+    train_dtype: str = 'float32'
 
     @property
     def view_names(self) -> List[str]:
@@ -140,11 +175,47 @@ def even_sizes(num_nodes: int, world: int) -> List[int]:
             for r in range(world)]
 
 
+def _chunk_classes(seed: int, chunk: int, rows: int) -> Tensor:
+    # Labels depend on the chunk only: shared by all views.
+    return torch.randint(SYNTHETIC_CLUSTERS, (rows, ),
+                         generator=torch.Generator().manual_seed(
+                             seed * 7919 + chunk))
+
+
+def _check_rows(num_nodes: int, lo: int, hi: int) -> None:
+    if not 0 <= lo < hi <= num_nodes:
+        raise ValueError(f"rows [{lo}, {hi}) are not within N = {num_nodes}")
+
+
+def synthetic_classes(num_nodes: int, seed: int, lo: int, hi: int,
+                      train_fraction: float = 0.5) -> Tuple[Tensor, Tensor]:
+    r"""The classes of rows :math:`lo, \dots, hi - 1` of
+    :func:`synthetic_rows` (each node's cluster, :math:`0, \dots, 31`) and a
+    seeded train mask that holds each node with probability
+    :obj:`train_fraction`; neither depends on how the nodes are split.
+
+    Returns:
+        :obj:`(y, train_mask)`: :math:`(hi - lo)` long and bool tensors.
+    """
+    _check_rows(num_nodes, lo, hi)
+    ys, masks = [], []
+    first, last = lo // SYNTHETIC_CHUNK, (hi - 1) // SYNTHETIC_CHUNK
+    for c in range(first, last + 1):
+        rows = min(SYNTHETIC_CHUNK, num_nodes - c * SYNTHETIC_CHUNK)
+        ys.append(_chunk_classes(seed, c, rows))
+        masks.append(torch.rand(rows, generator=torch.Generator().manual_seed(
+            seed * 7919 + c + 1_000_000_007)) < train_fraction)
+    a, b = lo - first * SYNTHETIC_CHUNK, hi - first * SYNTHETIC_CHUNK
+    return torch.cat(ys)[a:b].contiguous(), torch.cat(masks)[a:b].contiguous()
+
+
 def synthetic_rows(num_nodes: int, dims: Sequence[int], seed: int, lo: int,
                    hi: int) -> Dict[str, Tensor]:
     r"""Rows :math:`lo, \dots, hi - 1` of synthetic multi-view features:
     every node belongs to one of 32 clusters, the same in every view, and
-    each view places it at its cluster's centre plus Gaussian noise.
+    each view places it at its cluster's centre plus Gaussian noise (the
+    clusters are the classes of
+    ``pyg_lego.distributed.pipeline.synthetic_classes``).
 
     Args:
         num_nodes (int): All nodes :math:`N`.
@@ -158,8 +229,7 @@ def synthetic_rows(num_nodes: int, dims: Sequence[int], seed: int, lo: int,
         View name (``v0``, ``v1``, ...) -> rows :math:`(hi - lo, d_m)`,
         float32.
     """
-    if not 0 <= lo < hi <= num_nodes:
-        raise ValueError(f"rows [{lo}, {hi}) are not within N = {num_nodes}")
+    _check_rows(num_nodes, lo, hi)
     out = {}
     first, last = lo // SYNTHETIC_CHUNK, (hi - 1) // SYNTHETIC_CHUNK
     for m, d in enumerate(dims):
@@ -169,10 +239,7 @@ def synthetic_rows(num_nodes: int, dims: Sequence[int], seed: int, lo: int,
         for c in range(first, last + 1):
             start = c * SYNTHETIC_CHUNK
             rows = min(SYNTHETIC_CHUNK, num_nodes - start)
-            # Labels depend on the chunk only: shared by all views.
-            labels = torch.randint(SYNTHETIC_CLUSTERS, (rows, ),
-                                   generator=torch.Generator().manual_seed(
-                                       seed * 7919 + c))
+            labels = _chunk_classes(seed, c, rows)
             noise = torch.randn(rows, d, generator=torch.Generator(
                 ).manual_seed((seed * 1000003 + m) * 65537 + c))
             parts.append(centres[labels] + noise)
@@ -285,6 +352,7 @@ class Context:
         self.sizes: List[int] = []
         self.tensors: Dict[str, object] = {}
         self.shards: Dict[str, str] = {}
+        self.log: Callable[[str], None] = lambda msg: None
 
     @property
     def num_local(self) -> int:
@@ -330,28 +398,109 @@ def _powers(ctx: Context) -> Tuple[Tensor, CommStats]:
         score_map=cfg.score_map, gamma=cfg.gamma)
 
 
-def _fusion(ctx: Context) -> Tuple[Tensor, CommStats]:
+class _FusionOfPowers(PartitionedLEGO):
+    r"""A :class:`PartitionedLEGO` whose expansion is the powers stage's
+    shard (the expansion has no parameters, so its powers are the same at
+    every step): its forward pass fuses them."""
+
+    def __init__(self, powers: Tensor, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.powers = powers  # neither a parameter nor a buffer
+
+    def forward(self, edge_index, edge_attr, num_local, xs=None):
+        return self.fusion(self.powers), {}
+
+
+def _lego(ctx: Context, dtype: torch.dtype, cls=PartitionedLEGO, *args):
     cfg = ctx.config
     # The same seed on every rank: the fusion's parameters are replicated.
     torch.manual_seed(cfg.seed)
-    model = PartitionedLEGO(cfg.view_names, cfg.P, cfg.mode, cfg.fusion,
-                            cfg.out_channels, cfg.cp_rank, cfg.order0,
-                            cfg.similarity, cfg.score_map, cfg.gamma)
-    powers = ctx.get('powers')
-    model = model.to(powers.dtype)
+    model = cls(*args, cfg.view_names, cfg.P, cfg.mode, cfg.fusion,
+                cfg.out_channels, cfg.cp_rank, cfg.order0, cfg.similarity,
+                cfg.score_map, cfg.gamma).to(dtype)
     if cfg.state is not None:
         state = torch.load(cfg.state, map_location='cpu')
         # A LEGO's state dict also holds what is not fused here.
         missing = model.load_state_dict(state, strict=False).missing_keys
         if missing:
             raise PipelineError(f"--state {cfg.state} lacks {missing}")
-    return model.fusion(powers), {}
+    return model
+
+
+def _fusion(ctx: Context) -> Tuple[Tensor, CommStats]:
+    powers = ctx.get('powers')
+    return _lego(ctx, powers.dtype).fusion(powers), {}
+
+
+def load_labels(config: PipelineConfig, rank: int, world: int,
+                num_local: int) -> Tuple[Tensor, Tensor, int]:
+    r"""This rank's classes and train mask for the ``train`` stage, and the
+    number of classes (one all-reduce of the largest class): the synthetic
+    clusters and seeded mask (:func:`synthetic_classes`), or the rank's
+    :obj:`labels` file, labelled where its class is not :obj:`-1`."""
+    if config.synthetic is not None:
+        sizes = even_sizes(config.synthetic, world)
+        lo = sum(sizes[:rank])
+        y, mask = synthetic_classes(config.synthetic, config.seed, lo,
+                                    lo + sizes[rank], config.train_fraction)
+        return y, mask, SYNTHETIC_CLUSTERS
+    if config.labels is None:
+        raise PipelineError("the train stage needs --labels")
+    path = config.labels.format(rank=rank)
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"--labels: cannot load {path}: {e}") from None
+    if arr.ndim != 1 or arr.dtype.kind not in 'iu' or \
+            arr.shape[0] != num_local:
+        raise PipelineError(
+            f"--labels: {path} must hold a 1-D integer array of this rank's "
+            f"{num_local} rows, got shape {arr.shape} of {arr.dtype}")
+    y = torch.from_numpy(arr.astype(np.int64))
+    if y.numel() and int(y.min()) < -1:
+        raise PipelineError(f"--labels: {path} holds a class below -1 "
+                            f"({int(y.min())}); -1 marks unlabelled nodes")
+    mask = y >= 0
+    top = torch.tensor([int(y.max()) if y.numel() else -1])
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return y.clamp(min=0), mask, max(int(top), 0) + 1
+
+
+def _train(ctx: Context) -> Tuple[dict, CommStats]:
+    cfg = ctx.config
+    dtype = getattr(torch, cfg.train_dtype)
+    views = ctx.get('views')
+    x = torch.cat([views[n] for n in cfg.view_names], 1).to(dtype)
+    y, mask, classes = load_labels(cfg, ctx.rank, ctx.world, ctx.num_local)
+    edge_index = ctx.get('edge_index')
+    # Seeded as the fusion stage: training starts from its fused graph.
+    lego = _lego(ctx, dtype, _FusionOfPowers, ctx.get('powers').to(dtype))
+    head = PartitionedGCN(x.size(1), cfg.hidden_channels, classes,
+                          cfg.layers, cfg.out_channels, cached=True)
+    model = PartitionedNodeClassifier(lego, head).to(dtype)
+    model.broadcast_parameters()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    losses, stats = [], {}
+    with torch.enable_grad():
+        for epoch in range(cfg.epochs):
+            loss, sent = partitioned_train_step(model, optimizer, edge_index,
+                                                None, x, y, mask)
+            for key, nbytes in sent.items():
+                record(stats, key if key.startswith('train/')
+                       else f'train/{key}', nbytes)
+            losses.append(loss)
+            ctx.log(f"stage train: epoch {epoch + 1}/{cfg.epochs}: loss "
+                    f"{loss:.6f}")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    losses = torch.tensor(losses, dtype=torch.float64)
+    return {'state': state, 'losses': losses, 'num_classes': classes,
+            'dtype': cfg.train_dtype}, stats
 
 
 #: The function of each stage (tests replace them to inject faults).
 STAGE_FUNCTIONS: Dict[str, Callable[[Context], Tuple[Tensor, CommStats]]] = {
     'pattern': _pattern, 'scores': _scores, 'powers': _powers,
-    'fusion': _fusion}
+    'fusion': _fusion, 'train': _train}
 
 
 # ------------------------------------------------------------------- input
@@ -396,6 +545,14 @@ def stage_hashes(config: PipelineConfig, ident: List[list],
     if config.state is not None:
         with open(config.state, 'rb') as f:
             opts['state'] = hashlib.sha256(f.read()).hexdigest()
+    if config.labels is not None:  # this rank's file, as the views'
+        path = config.labels.format(rank=rank)
+        try:
+            st = os.stat(path)
+            opts['labels'] = [os.path.abspath(path), st.st_size,
+                              st.st_mtime_ns]
+        except OSError:
+            opts['labels'] = [os.path.abspath(path), None]
     prev = json.dumps([rank, list(sizes), ident])
     out = {}
     for stage in STAGES:
@@ -625,8 +782,12 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         resume (bool, optional): Reuse the stages whose shards every rank
             holds with a matching configuration hash. (default:
             :obj:`False`)
-        until (str, optional): The last stage to run. (default:
-            :obj:`"fusion"`)
+        until (str, optional): The last stage to run: :obj:`"pattern"`,
+            :obj:`"scores"`, :obj:`"powers"`, :obj:`"fusion"` or
+            :obj:`"train"` (the fusion and a GCN head trained jointly, for
+            :obj:`epochs` full-graph steps from the fusion's initial
+            parameters; its shard holds the state dict, the same on every
+            rank, and the loss of every epoch). (default: :obj:`"fusion"`)
         guard (object, optional): The command line's watchdog, told the
             current stage for the message of a failure.
             (default: :obj:`None`)
@@ -644,6 +805,7 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         inputs['powers'] += ('views', )
     base_rss = rss()
     ctx = Context(config, out, rank, world)
+    ctx.log = log
     t0 = time.perf_counter()
     views, ident = load_views(config, rank, world)
     ctx.tensors['views'] = views
@@ -701,16 +863,22 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         elapsed = time.perf_counter() - t0
         peak = peak_rss()
         name = OUTPUTS[stage]
-        ctx.tensors[name] = value
+        # The training returns its state dict and more; the others a tensor.
+        payload = dict(value) if isinstance(value, dict) else {name: value}
+        shape = list(payload['losses'].shape) if 'losses' in payload \
+            else list(value.shape)
+        ctx.tensors[name] = payload[name]
         _atomic(ctx.shards[stage], lambda tmp: torch.save(
-            {name: value, 'offset': ctx.offset, 'num_local': ctx.num_local,
+            {**payload, 'offset': ctx.offset, 'num_local': ctx.num_local,
              'hash': hashes[stage]}, tmp))
         _keep(ctx, stages[i + 1:], have, inputs)
         entry = {'hash': hashes[stage], 'file': os.path.basename(
             ctx.shards[stage]), 'file_bytes': os.path.getsize(
-            ctx.shards[stage]), 'shape': list(value.shape),
+            ctx.shards[stage]), 'shape': shape,
             'time_s': elapsed, 'rss_start': start_rss, 'peak_rss': peak,
             'sent': stats, 'run': run_index}
+        if 'losses' in payload:
+            entry['losses'] = payload['losses'].tolist()
         entries[stage] = entry
         this_run['computed'].append(stage)
         manifest['stages'] = entries
@@ -718,7 +886,7 @@ def run_pipeline(config: PipelineConfig, out: str, rank: int, world: int,
         log(f"stage {stage}: {elapsed:.2f} s, peak RSS "
             f"{peak / 2**20:.0f} MiB, sent "
             f"{sum(stats.values()) / 2**20:.2f} MiB, shape "
-            f"{tuple(value.shape)}")
+            f"{tuple(shape)}")
     this_run['finished'] = True
     write_json(mpath, manifest)
     return {'rank': rank, 'sizes': ctx.sizes, 'hashes': hashes,
@@ -742,6 +910,25 @@ def _view_spec(text: str) -> Tuple[str, str]:
     return name, pattern
 
 
+def _labels_spec(text: str) -> str:
+    if '{rank}' not in text:
+        raise argparse.ArgumentTypeError(
+            f"--labels takes a pattern with {{rank}} in it, e.g. "
+            f"labels.{{rank}}.npy; got {text!r}")
+    return text
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def _positive(kind):
     def parse(text):
         try:
@@ -760,7 +947,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=(
         "Build, expand and fuse a LEGO relation graph partitioned over the "
         "ranks of a torch.distributed job (run under torchrun; without it, "
-        "one process). Each rank writes its shards to OUT/rankRRRRR/."))
+        "one process), and with --until train train the fusion and a GCN "
+        "head on it. Each rank writes its shards to OUT/rankRRRRR/."))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--view', action='append', type=_view_spec,
                      dest='views', metavar='NAME=PATTERN',
@@ -775,7 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', action='store_true',
                    help="reuse the stages whose shards match the config")
     p.add_argument('--until', choices=STAGES, default='fusion',
-                   help="last stage to run (default: fusion)")
+                   help="last stage to run (default: fusion; train needs "
+                        "--labels or --synthetic)")
     p.add_argument('--timeout', type=_positive(float), default=600.0,
                    metavar='SECONDS', help="how long a rank waits for the "
                    "others in a collective before the job fails "
@@ -795,6 +984,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--state', help="state dict of a LEGO for the fusion")
     p.add_argument('--memory-budget', type=_positive(int), default=None,
                    metavar='BYTES', help="bytes of one block of kNN scores")
+    t = p.add_argument_group('train stage (--until train)')
+    t.add_argument('--labels', type=_labels_spec, metavar='PATTERN',
+                   help="each rank's classes, {rank} in the pattern: a 1-D "
+                        "integer .npy array per rank, -1 = unlabelled "
+                        "(with --view; synthetic rows carry their clusters)")
+    t.add_argument('--epochs', type=_positive(int), default=100,
+                   help="full-graph Adam steps (default: 100)")
+    t.add_argument('--lr', type=_positive(float), default=0.01,
+                   help="Adam's learning rate (default: 0.01)")
+    t.add_argument('--hidden-channels', type=_positive(int), default=64,
+                   help="hidden width of the GCN head (default: 64)")
+    t.add_argument('--layers', type=_positive(int), default=2,
+                   help="GCN layers (default: 2)")
+    t.add_argument('--train-fraction', type=_fraction, default=0.5,
+                   help="with --synthetic: the fraction of nodes in the "
+                        "seeded train mask (default: 0.5)")
+    t.add_argument('--train-dtype', choices=('float32', 'float64'),
+                   default='float32', help="dtype of the training "
+                   "(default: float32)")
     p.add_argument('--quiet', action='store_true',
                    help="no progress lines")
     return p
@@ -810,6 +1018,11 @@ def _config(args, parser) -> PipelineConfig:
                      f"with --synthetic {args.synthetic}")
     if args.views and len({n for n, _ in args.views}) < len(args.views):
         parser.error("every --view needs its own name")
+    if args.labels is not None and args.synthetic is not None:
+        parser.error("--labels is for --view jobs: --synthetic rows carry "
+                     "their clusters as classes")
+    if args.until == 'train' and args.views and args.labels is None:
+        parser.error("--until train with --view needs --labels")
     return PipelineConfig(
         views=list(args.views or []), synthetic=args.synthetic,
         synthetic_dims=list(args.synthetic_dims), k=args.k,
@@ -817,7 +1030,10 @@ def _config(args, parser) -> PipelineConfig:
         gamma=args.gamma, P=args.P, mode=args.mode, order0=args.order0,
         fusion=args.fusion, out_channels=args.out_channels,
         cp_rank=args.cp_rank, seed=args.seed, state=args.state,
-        memory_budget=args.memory_budget)
+        memory_budget=args.memory_budget, epochs=args.epochs, lr=args.lr,
+        hidden_channels=args.hidden_channels, layers=args.layers,
+        labels=args.labels, train_fraction=args.train_fraction,
+        train_dtype=args.train_dtype)
 
 
 def _free_port() -> int:
