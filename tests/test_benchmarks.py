@@ -324,6 +324,7 @@ def test_library_replacements_markdown_matches_its_records(tmp_path):
     with open(os.path.join(results, 'library_replacements.md')) as f:
         assert out.read_text() == f.read()
 
+
 VAD = os.path.join(ROOT, 'benchmarks', 'vad.py')
 
 
@@ -352,6 +353,39 @@ def test_vad_markdown_matches_its_records(tmp_path):
         assert out.read_text() == f.read()
 
 
+SWITCHES = os.path.join(ROOT, 'benchmarks', 'switches.py')
+
+
+def test_switches_benchmark_writes_its_records(tmp_path):
+    run('--scale', '0.02', '--repeat', '1', '--least', '0', '--only',
+        'sparsify_padded', 'cp_chunked', 'topk_group', '--out',
+        str(tmp_path), script=SWITCHES)
+    result = json.loads((tmp_path / 'switches.json').read_text())
+    assert [r['key'] for r in result['rows']] == [
+        'sparsify_padded', 'cp_chunked', 'topk_group']
+    for r in result['rows']:
+        assert r['on_s'] > 0 and r['off_s'] > 0
+        assert r['gain'] == r['off_s'] / r['on_s']
+        assert r['decision'].startswith(('keep', 'remove'))
+    # topk_group may pick other members of a tie (inf: other indices).
+    assert all(r['max_difference'] < 1e-5 for r in result['rows'][:2])
+    cp = result['rows'][1]
+    assert cp['saved_on'] < cp['saved_off']
+    assert result['sync']['checks_s'] > 0
+    text = (tmp_path / 'switches.md').read_text()
+    assert '| sparsify_padded |' in text and 'PADDED_MAX_FILL' in text
+
+
+def test_switches_markdown_matches_its_records(tmp_path):
+    # The committed table is what the committed record renders to.
+    results = os.path.join(ROOT, 'benchmarks', 'results')
+    out = tmp_path / 'switches.md'
+    run('render', os.path.join(results, 'switches.json'), '--markdown',
+        str(out), script=SWITCHES)
+    with open(os.path.join(results, 'switches.md')) as f:
+        assert out.read_text() == f.read()
+
+
 PARTITIONED = os.path.join(ROOT, 'benchmarks', 'partitioned.py')
 
 
@@ -376,6 +410,7 @@ def test_partitioned_markdown_matches_its_records(tmp_path):
         str(out), script=PARTITIONED)
     with open(os.path.join(results, 'partitioned.md')) as f:
         assert out.read_text() == f.read()
+
 
 def test_fusion_overlap_markdown_matches_its_records():
     spec = importlib.util.spec_from_file_location(
