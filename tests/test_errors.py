@@ -168,3 +168,30 @@ def test_lego_view_names_must_be_names(names):
 def test_lego_needs_a_view():
     with pytest.raises(ValueError, match=r'view_names must be a non-empty'):
         LEGO([])
+
+
+def test_checked_graph_is_not_read_again_but_a_changed_one_is(monkeypatch):
+    # build_relation_graph reads what the forward checks once; a forward
+    # over the same unchanged tensors reads none of their values again, and
+    # an in-place change to them is checked again.
+    from pyg_lego.data import validation
+    data = build_relation_graph(views(), k=3)
+    conv = GraphPowerConv(2)
+    expected = conv(data.edge_index, data.edge_attr)
+    calls = []
+    monkeypatch.setattr(torch, 'aminmax', lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(torch, 'isfinite', lambda *a, **k: calls.append(1))
+    assert torch.equal(conv(data.edge_index, data.edge_attr), expected)
+    assert calls == []
+    monkeypatch.undo()
+    edge_index, edge_attr = data.edge_index.clone(), data.edge_attr.clone()
+    assert torch.equal(conv(edge_index, edge_attr), expected)
+    assert validation.edge_facts(edge_index) == (0, 9, True)
+    edge_index[1, -1] = 10
+    with pytest.raises(ValueError,
+                       match=r'edge_index has node index 10 out of range'):
+        conv(edge_index, edge_attr, num_nodes=10)
+    edge_index[1, -1] = 9
+    edge_attr[0, 0] = float('nan')
+    with pytest.raises(ValueError, match=r'contains NaN or Inf'):
+        conv(edge_index, edge_attr)

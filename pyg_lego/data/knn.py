@@ -32,6 +32,7 @@ CACHE_BLOCK_BYTES = 8 * 2**20
 MIN_BLOCK_ROWS = 64
 
 #: Columns per group of the two-stage top-k (:func:`block_topk`).
+#: The group stage gains >= 10% (benchmarks/results/switches.md).
 TOPK_GROUP = 64
 
 
@@ -169,6 +170,8 @@ def exact_knn(x: Tensor, k: int, similarity: str = 'cosine',
 #: to 0.12 s once per process where numba already runs (0.33 s for its first
 #: kernel), about what it saves a search of 3 views at :math:`N = 8000`
 #: (1 ns per score); every search after that gains the whole saving.
+#: The compiled selection gains >= 10% once loaded
+#: (benchmarks/results/switches.md).
 COMPILED_MIN_SCORES = 1 << 26
 
 #: Fewest nodes for which the loaded loop beats torch's top-k: 0.98 against

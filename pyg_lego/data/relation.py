@@ -19,7 +19,8 @@ from pyg_lego.data.knn import complete_edges
 from pyg_lego.data.similarity import (check_similarity, csr_pattern,
                                       edge_similarity, id_dtype,
                                       resolve_score_map, reuses_work)
-from pyg_lego.data.validation import (check_edge_index, check_features,
+from pyg_lego.data.validation import (all_finite, check_edge_index,
+                                      check_features, edge_facts,
                                       check_finite, check_gamma, check_k,
                                       check_same_device, zero_norm_rows)
 
@@ -237,6 +238,7 @@ def knn_pattern(views: Mapping[str, View], k: int, similarity: str = 'cosine',
 #: saved (union and scores 1.6 to 1.9x slower at 4000 to 16,000 nodes in
 #: benchmarks/scale.py); at 32,000 and 64,000 (6.2M input edges) both ways
 #: took the same time, and on a 1M-node graph the scores alone 1.2x less.
+#: Reuse gains >= 10% at 6.2M input edges (benchmarks/results/switches.md).
 REUSE_MIN_EDGES = 2**22
 
 #: View name -> ids of pattern edges and their raw similarities, known from
@@ -500,6 +502,11 @@ def build_relation_graph(views: Mapping[str, View], k: int = 10,
                                recall_sample, similarity)
               for name, res in found.items()
               if res.backend in APPROXIMATE and recall_sample > 0}
+    # Read here, once, what every forward over this graph checks (ids in
+    # range, coalesced, finite scores): the model's forward then reads no
+    # values of these tensors (on a GPU, no synchronisation per forward).
+    edge_facts(edge_index)
+    all_finite(edge_attr)
     data = RelationData(edge_index=edge_index, edge_attr=edge_attr,
                         num_nodes=num_nodes)
     for name, v in views.items():

@@ -1,10 +1,53 @@
 r"""Checks of user input that run before any computation, with messages that
 name the view and the problem."""
 import numbers
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+# What the checks read from a tensor's values, per tensor object and
+# version (an in-place change bumps the version and the values are read
+# again): a graph checked once, at the data boundary or by its first
+# forward, is not read again on every forward (on a GPU, each read waits
+# for the device). Weak keys: a freed tensor leaves the cache.
+_EDGE_FACTS: 'WeakIdKeyDictionary' = WeakIdKeyDictionary()
+_FINITE: 'WeakIdKeyDictionary' = WeakIdKeyDictionary()
+
+
+def edge_facts(edge_index: Tensor) -> Tuple[int, int, bool]:
+    r"""The smallest and largest node id of a :math:`(2, E)` index tensor
+    (:obj:`0, -1` without edges) and whether its edges are coalesced
+    (sorted by row, then column, no duplicates; ids assumed >= 0), read
+    once per tensor and version: later calls with the same unchanged
+    tensor read no values."""
+    facts = _EDGE_FACTS.get(edge_index)
+    if facts is not None and facts[0] == edge_index._version:
+        return facts[1:]
+    if edge_index.numel() == 0:
+        lo, hi = 0, -1
+    else:
+        lo, hi = (int(v) for v in torch.stack(
+            torch.aminmax(edge_index)).tolist())
+    coalesced = True
+    if edge_index.size(-1) > 1:
+        key = edge_index[0] * (hi + 1) + edge_index[1]
+        coalesced = bool((key[1:] > key[:-1]).all())
+    _EDGE_FACTS[edge_index] = (edge_index._version, lo, hi, coalesced)
+    return lo, hi, coalesced
+
+
+def all_finite(x: Tensor) -> bool:
+    r"""Whether :obj:`x` holds no NaN or Inf, read once per tensor and
+    version (as :func:`edge_facts`)."""
+    known = _FINITE.get(x)
+    if known is not None and known == x._version:
+        return True
+    if not bool(torch.isfinite(x).all()):
+        return False
+    _FINITE[x] = x._version
+    return True
 
 
 def check_k(k: Any) -> int:
@@ -61,7 +104,7 @@ def check_edge_index(edge_index: Any, num_nodes: Optional[int] = None,
         raise TypeError(f"{what} has dtype {edge_index.dtype}; it must be "
                         f"torch.long")
     if num_nodes is not None and edge_index.numel() > 0:
-        lo, hi = int(edge_index.min()), int(edge_index.max())
+        lo, hi, _ = edge_facts(edge_index)
         if lo < 0 or hi >= num_nodes:
             raise ValueError(f"{what} has node index {lo if lo < 0 else hi} "
                              f"out of range for {num_nodes} nodes")

@@ -11,7 +11,8 @@ KINDS = ('polynomial', 'linear')
 
 #: Elements of the ``[edges, C, rank, M]`` factor tensor that the CP fusion
 #: holds at once: beyond it, it runs in edge chunks and recomputes the
-#: factors in its backward pass instead of saving them.
+#: factors in its backward pass instead of saving them (it saves 2.8x less
+#: for the backward pass, benchmarks/results/switches.md).
 CP_CHUNK_ELEMENTS = 1 << 22
 #: Factor elements per chunk once chunked, so that a chunk's temporaries
 #: stay in cache: with the per-view einsum this code used before, forward

@@ -10,7 +10,8 @@ from pyg_lego.data.similarity import (CSRPattern, check_similarity,
                                       edge_similarity, id_dtype, prepare,
                                       resolve_score_map)
 from pyg_lego.data.calibration import ADAPTIVE_MAPS
-from pyg_lego.data.validation import check_edge_index, check_order
+from pyg_lego.data.validation import (all_finite, check_edge_index,
+                                      check_order, edge_facts)
 from pyg_lego.nn import locality, masked_numba
 from pyg_lego.nn.locality import Relabel
 from pyg_lego.nn.norm import relation_norm
@@ -78,6 +79,17 @@ class GraphPowerConv(MessagePassing):
         score_map (str, optional): Score map of the propagated mode.
             (default: :obj:`"auto"`)
         gamma (float, optional): RBF bandwidth of the propagated mode.
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    **Speed and memory.** The keyword-only arguments below choose how the
+    expansion is computed and how much memory that holds; the result is the
+    same up to floating-point rounding (with :obj:`cached`, as long as the
+    graph stays the same). The size thresholds that pick a path by
+    themselves are listed, with their measurements, in
+    ``docs/switches.md``.
+
+    Keyword Args:
         cached (bool, optional): If :obj:`True`, the two-step-path index
             (masked mode) or the locality relabelling of the pattern
             (propagated mode, CPU) is built on the first call and reused:
@@ -114,8 +126,6 @@ class GraphPowerConv(MessagePassing):
             :math:`T \times T` products, which is faster than the path
             message passing and gives the same result; the blocks hold as
             many entries as the edges. (default: :obj:`True`)
-        **kwargs (optional): Additional arguments of
-            :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
         - **input:**
@@ -130,7 +140,7 @@ class GraphPowerConv(MessagePassing):
 
     def __init__(self, P: int, mode: str = 'masked', order0: str = 'self',
                  similarity: str = 'cosine', score_map: str = 'auto',
-                 gamma: Optional[float] = None, cached: bool = False,
+                 gamma: Optional[float] = None, *, cached: bool = False,
                  chunk_size: int = DEFAULT_PATH_CHUNK,
                  memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
                  kernel: str = 'auto', dense_blocks: bool = True, **kwargs):
@@ -205,16 +215,20 @@ class GraphPowerConv(MessagePassing):
         if self.mode == 'propagated':
             xs = self._check_xs(xs, num_views, num_nodes)
             num_nodes = xs[0].size(0)
-        elif num_nodes is None:
+        elif num_nodes is None and torch.compiler.is_compiling():
             num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        elif num_nodes is None:
+            num_nodes = edge_facts(edge_index)[1] + 1
         if torch.compiler.is_compiling():
             # Reading values would break the graph: a compiled forward checks
             # in-graph that the input is coalesced and in range instead.
             _assert_coalesced(edge_index, num_nodes)
             inverse = None
         else:
+            # The values read here are read once per tensor (edge_facts,
+            # all_finite): a graph used again reads none of them again.
             check_edge_index(edge_index, num_nodes)
-            if not bool(torch.isfinite(edge_attr).all()):
+            if not all_finite(edge_attr):
                 raise ValueError("edge_attr (the relation scores) contains "
                                  "NaN or Inf")
             edge_index, edge_attr, inverse = _coalesce(edge_index, edge_attr,
@@ -500,10 +514,6 @@ class GraphPowerConv(MessagePassing):
                 f'similarity={self.similarity!r}, kernel={self.kernel!r})')
 
 
-#: Largest complete block that the dense fast path multiplies.
-MAX_DENSE_BLOCK = 1024
-
-
 def complete_block_size(edge_index: Tensor, num_nodes: int) -> Optional[int]:
     r""":math:`T` if the coalesced :obj:`edge_index` is a disjoint union of
     complete graphs with self-loops on runs of :math:`T` consecutive nodes
@@ -512,7 +522,10 @@ def complete_block_size(edge_index: Tensor, num_nodes: int) -> Optional[int]:
     if num_nodes == 0 or num_edges % num_nodes != 0:
         return None
     block = num_edges // num_nodes
-    if block > MAX_DENSE_BLOCK or num_nodes % block != 0:
+    # No cap on T: the batched products beat the paths at every T measured
+    # (3.0x at T = 64, 3.7x at T = 256, benchmarks/results/switches.md),
+    # and hold as many entries as the edges.
+    if num_nodes % block != 0:
         return None
     idx = torch.arange(num_edges, device=edge_index.device)
     row = idx // block
@@ -648,9 +661,9 @@ def _coalesce(edge_index: Tensor, edge_attr: Tensor, num_nodes: int):
     # torch_geometric.utils.coalesce returns no inverse map; with a
     # searchsorted for it, it took 2.83x the time at 4.1M edges
     # (benchmarks/results/library_replacements.md).
-    key = edge_index[0] * num_nodes + edge_index[1]
-    if key.numel() < 2 or bool((key[1:] > key[:-1]).all()):
+    if edge_facts(edge_index)[2]:
         return edge_index, edge_attr, None
+    key = edge_index[0] * num_nodes + edge_index[1]
     uniq, inverse = torch.unique(key, return_inverse=True)
     merged = edge_attr.new_zeros(uniq.numel(), edge_attr.size(1))
     merged = merged.index_add(0, inverse, edge_attr)

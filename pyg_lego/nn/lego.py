@@ -61,6 +61,15 @@ class LEGO(torch.nn.Module):
         score_map (str, optional): The graph's score map (propagated mode).
             (default: :obj:`"auto"`)
         gamma (float, optional): RBF bandwidth (propagated mode).
+        topk (int, optional): Edges kept per node (each fused channel keeps
+            its own); :obj:`None` keeps every edge of the pattern.
+            (default: :obj:`20`, :data:`DEFAULT_TOPK`)
+
+    **Speed and memory.** Keyword-only, passed to :class:`GraphPowerConv`;
+    they choose how the expansion is computed, not its result (beyond
+    floating-point rounding).
+
+    Keyword Args:
         cached (bool, optional): Cache the two-step-path index (one fixed
             graph). (default: :obj:`False`)
         memory_budget (int, optional): Bytes the masked power may spend on
@@ -69,9 +78,6 @@ class LEGO(torch.nn.Module):
         kernel (str, optional): :obj:`"auto"`, :obj:`"numba"` or
             :obj:`"torch"`: how the masked power runs on the CPU, see
             :class:`GraphPowerConv`. (default: :obj:`"auto"`)
-        topk (int, optional): Edges kept per node (each fused channel keeps
-            its own); :obj:`None` keeps every edge of the pattern.
-            (default: :obj:`20`, :data:`DEFAULT_TOPK`)
 
     Shapes:
         - **input:** edge indices :math:`(2, |\mathcal{E}|)`, relation scores
@@ -85,10 +91,10 @@ class LEGO(torch.nn.Module):
                  out_channels: int = 1, rank: Optional[int] = None,
                  order0: str = 'self', similarity: str = 'cosine',
                  score_map: str = 'auto', gamma: Optional[float] = None,
+                 topk: Optional[int] = DEFAULT_TOPK, *,
                  cached: bool = False,
                  memory_budget: Optional[int] = DEFAULT_PATH_BUDGET,
-                 kernel: str = 'auto',
-                 topk: Optional[int] = DEFAULT_TOPK):
+                 kernel: str = 'auto'):
         super().__init__()
         if isinstance(view_names, str) or \
                 not isinstance(view_names, Sequence) or \

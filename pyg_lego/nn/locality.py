@@ -15,6 +15,8 @@ from pyg_lego.data.similarity import CSRPattern, id_dtype
 
 #: Patterns with at least this many edges are relabelled for the masked
 #: power; smaller ones fit the caches as they are.
+#: Measured in benchmarks/results/switches.md (to measure again on a kNN
+#: graph there).
 RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are
@@ -24,6 +26,8 @@ RELABEL_MIN_EDGES = 1 << 17
 #: 16,000 (7.8 MiB; on another VM the forward's relabelling cost 0.17 s
 #: and saved 0.03 s there), 0.42x at 32,000 (15.6 MiB); at 64,000 it
 #: saved 0.74 s of the forward for 0.30 s.
+#: benchmarks/results/switches.md has 1.07x at 32,000 nodes on a ring graph
+#: (to measure again at 64,000).
 RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 #: Groups of at most this many nodes are left in the input order by

@@ -3,11 +3,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from pyg_lego.data.validation import check_edge_index
+from pyg_lego.data.validation import check_edge_index, edge_facts
 
 #: The padded per-row sort of :func:`topk_mask` runs where its table
 #: (nodes x largest degree) holds at most this many times the edges;
 #: beyond (a few nodes of very high degree), two sorts of all edges.
+#: The padded sort gains >= 10% (benchmarks/results/switches.md).
 PADDED_MAX_FILL = 4
 
 
@@ -101,10 +102,10 @@ def _unique_edges(edge_index: Tensor, num_nodes: int):
     # torch_geometric.utils.coalesce returns no inverse map; with a
     # searchsorted for it, it took 4.39x the time at 4.1M edges
     # (benchmarks/results/library_replacements.md).
-    key = edge_index[0] * num_nodes + edge_index[1]
-    if key.numel() < 2 or torch.compiler.is_compiling() or \
-            bool((key[1:] > key[:-1]).all()):
+    if edge_index.size(1) < 2 or torch.compiler.is_compiling() or \
+            edge_facts(edge_index)[2]:
         return None
+    key = edge_index[0] * num_nodes + edge_index[1]
     uniq, inverse = torch.unique(key, return_inverse=True)
     if uniq.numel() == key.numel():
         return None
@@ -142,7 +143,9 @@ def _row_ranks_below(key: Tensor, row: Tensor, count: Tensor, start: Tensor,
 def _num_nodes(edge_index: Tensor, num_nodes: Optional[int]) -> int:
     if num_nodes is not None:
         return num_nodes
-    return int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if torch.compiler.is_compiling():
+        return int(edge_index.max()) + 1 if edge_index.numel() else 0
+    return edge_facts(edge_index)[1] + 1
 
 
 class TopKSparsify(torch.nn.Module):
