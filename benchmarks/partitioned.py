@@ -227,6 +227,18 @@ def _dur(s):
     return f"{s / 86400:.0f} days"
 
 
+def readme_line(result: dict) -> str:
+    r"""The README's sentence: each measured ratio of a rank's peak RSS to
+    one process's, against the goals."""
+    parts = [f"{row['ratio']:.2f}x at W = {row['W']}"
+             for row in summary(result) if row['ratio'] and row['W'] > 1]
+    sizes = sorted({row['N'] for row in summary(result)
+                    if row['ratio'] and row['W'] > 1})
+    return (f"Peak RSS per rank against one process at N = "
+            f"{', '.join(map(str, sizes))}: {', '.join(parts)} (goals: 0.6x "
+            f"at W = 2, 0.35x at W = 4).\n")
+
+
 def to_markdown(result: dict) -> str:
     meta = result['meta']
     lines = [

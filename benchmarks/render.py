@@ -32,7 +32,13 @@ def vad():
     return readme_summary(_load('vad.json'))
 
 
-RENDERERS = {'fusion': fusion, 'vad': vad}
+def partitioned():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    from partitioned import readme_line
+    return readme_line(_load('partitioned.json'))
+
+
+RENDERERS = {'fusion': fusion, 'vad': vad, 'partitioned': partitioned}
 BLOCK = re.compile(r'(<!-- render:(\w+) -->\n)(.*?)(<!-- /render:\2 -->)',
                    re.S)
 

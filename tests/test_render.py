@@ -16,6 +16,7 @@ def test_readme_blocks_match_the_records():
         text = f.read()
     assert '<!-- render:fusion -->' in text
     assert '<!-- render:vad -->' in text
+    assert '<!-- render:partitioned -->' in text
     assert render.render(text) == text, \
         'README.md is stale: run python benchmarks/render.py'
 
