@@ -5,7 +5,6 @@ import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from pyg_lego.data.calibration import ADAPTIVE_MAPS
@@ -16,7 +15,7 @@ from pyg_lego.data.validation import check_gamma
 from pyg_lego.distributed.halo import (_EDGES_OK, CommStats, LocalGraph,
                                        check_edges,
                                        edge_halo, edge_summary, node_halo,
-                                       record)
+                                       record, sum_gradients)
 from pyg_lego.distributed.knn import _DTYPES, _device_of, _gather_rows, \
     _group_info
 from pyg_lego.distributed.relation import _crc
@@ -466,16 +465,7 @@ class PartitionedLEGO(torch.nn.Module):
         r"""Sums every parameter's gradient over the ranks (one
         :func:`~torch.distributed.all_reduce` of them all; a parameter
         without a gradient counts as zero). Returns the bytes reduced."""
-        params = list(self.parameters())
-        flat = torch.cat([(p.grad if p.grad is not None
-                           else torch.zeros_like(p)).reshape(-1)
-                          for p in params])
-        dist.all_reduce(flat, group=self.group)
-        start = 0
-        for p in params:
-            p.grad = flat[start:start + p.numel()].view_as(p)
-            start += p.numel()
-        return flat.numel() * flat.element_size()
+        return sum_gradients(self.parameters(), self.group)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(views={self.view_names}, '

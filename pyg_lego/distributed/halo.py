@@ -30,6 +30,22 @@ def record(stats: CommStats, stage: str, nbytes: int) -> None:
     stats[stage] = stats.get(stage, 0) + int(nbytes)
 
 
+def sum_gradients(parameters: Sequence[Tensor], group) -> int:
+    r"""Sums every parameter's gradient over the ranks of :obj:`group` by
+    one :func:`~torch.distributed.all_reduce` of them all (a parameter
+    without a gradient counts as zero). Returns the bytes reduced."""
+    params = list(parameters)
+    flat = torch.cat([(p.grad if p.grad is not None
+                       else torch.zeros_like(p)).reshape(-1)
+                      for p in params])
+    dist.all_reduce(flat, group=group)
+    start = 0
+    for p in params:
+        p.grad = flat[start:start + p.numel()].view_as(p)
+        start += p.numel()
+    return flat.numel() * flat.element_size()
+
+
 def _all_to_all(send: Tensor, send_splits: List[int],
                 recv_splits: List[int], rank: int, group,
                 stats: CommStats, stage: str) -> Tensor:

@@ -30,7 +30,7 @@ from torch_geometric.nn import GCNConv
 from pyg_lego.distributed.expansion import PartitionedLEGO
 from pyg_lego.distributed.halo import (_EDGES_OK, CommStats, Exchange,
                                        LocalGraph, check_edges, edge_summary,
-                                       node_halo, record)
+                                       node_halo, record, sum_gradients)
 from pyg_lego.distributed.knn import (_DTYPES, _device_of, _gather_rows,
                                       _global_rank, _group_info)
 from pyg_lego.distributed.relation import _crc
@@ -357,16 +357,7 @@ class PartitionedNodeClassifier(torch.nn.Module):
         r"""Sums every parameter's gradient over the ranks (one
         :func:`~torch.distributed.all_reduce` of them all; a parameter
         without a gradient counts as zero). Returns the bytes reduced."""
-        params = list(self.parameters())
-        flat = torch.cat([(p.grad if p.grad is not None
-                           else torch.zeros_like(p)).reshape(-1)
-                          for p in params])
-        dist.all_reduce(flat, group=self.group)
-        start = 0
-        for p in params:
-            p.grad = flat[start:start + p.numel()].view_as(p)
-            start += p.numel()
-        return flat.numel() * flat.element_size()
+        return sum_gradients(self.parameters(), self.group)
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}({self.lego}, {self.head})'
