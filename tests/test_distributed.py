@@ -1,8 +1,8 @@
+
 r"""Data-parallel training: two CPU processes started by torchrun (gloo)
 take the same steps as one process with the same global batch."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,18 +11,12 @@ import torch
 
 from pyg_lego.training import distributed
 
-from .conftest import requires_cuda
+from .conftest import free_port, requires_cuda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GNN_ARGS = ['gnn', '--nodes', '600', '--k', '5', '--epochs', '2',
             '--batch-size', '64', '--hidden', '16', '--neighbors', '-1', '-1',
             '--double']
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc, args, timeout=300):

@@ -1,8 +1,6 @@
 r"""The partitioned pipeline on CUDA tensors over nccl: one process and one
 rank (a machine with one GPU), so that every collective runs on the device;
 equal to the single process on the same device. Skipped without a GPU."""
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,18 +12,16 @@ from pyg_lego.distributed import (PartitionedLEGO, partitioned_graph_powers,
                                   partitioned_relation_scores)
 from pyg_lego.nn import GraphPowerConv
 
-from .conftest import requires_cuda
+from .conftest import free_port, requires_cuda
 
 
 @pytest.fixture
 def nccl():
     if not dist.is_nccl_available():
         pytest.skip('torch was built without nccl')
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
     torch.cuda.set_device(0)
-    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}',
+    dist.init_process_group('nccl',
+                            init_method=f'tcp://127.0.0.1:{free_port()}',
                             rank=0, world_size=1)
     try:
         yield

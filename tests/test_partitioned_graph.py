@@ -2,13 +2,10 @@ r"""The partitioned relation graph (:mod:`pyg_lego.distributed`): scores,
 graph powers and fused weights of each rank's rows, and their gradients,
 equal the single process's on 2 and 4 gloo processes with uneven blocks;
 bad input raises the same error on every rank."""
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pyg_lego import LEGO
 from pyg_lego.data import knn_pattern, relation_scores
@@ -16,6 +13,8 @@ from pyg_lego.distributed import (PartitionedLEGO, partitioned_graph_powers,
                                   partitioned_pattern,
                                   partitioned_relation_scores)
 from pyg_lego.nn import GraphPowerConv, masked_numba
+
+from .conftest import forked_worlds, raised_errors
 
 # Uneven blocks, one smaller than k: N = 80 on a subgroup of 2 ranks, 150
 # on all 4 (one spawn of 4 processes runs both: each start costs an import).
@@ -32,12 +31,6 @@ FUSIONS = [('linear', 2, 'masked'), ('polynomial', 1, 'masked'),
 # Tight: the same products on the same rows, summed in another order only in
 # gradients that collect contributions from several ranks.
 TOL = dict(rtol=1e-12, atol=1e-13)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def views(world):
@@ -153,28 +146,7 @@ def errors(world, rank, group, local, ei, score, n):
             ei, score, n, P, 'propagated', xs=[x['a']] if last else list(
                 x.values()), group=group),
     }
-    found = {}
-    for what, call in calls.items():
-        try:
-            call()
-            found[what] = None
-        except ValueError as e:
-            found[what] = f'{type(e).__name__}: {e}'
-    return found
-
-
-def worker(rank, world, init, out):
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=init, rank=rank,
-                            world_size=world)
-    try:
-        pair = dist.new_group([0, 1])
-        result = {4: run(4, rank, None)}
-        if rank < 2:
-            result[2] = run(2, rank, pair)
-        torch.save(result, os.path.join(out, f'{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
+    return raised_errors(calls)
 
 
 def cat(got, key):
@@ -293,14 +265,8 @@ def torch_kernels(monkeypatch):
 
 
 def test_partitioned_graph_equals_one_process(tmp_path, torch_kernels):
-    # Forked, not spawned: a spawned process imports torch and pyg_lego
-    # again (27 s of the 28 s this test took with 4 spawned processes on a
-    # loaded 2-core machine). The workers run no numba and one thread each.
-    mp.start_processes(worker, args=(4, f'tcp://127.0.0.1:{free_port()}',
-                                     str(tmp_path)), nprocs=4,
-                       start_method='fork')
-    got = [torch.load(tmp_path / f'{r}.pt', weights_only=False)
-           for r in range(4)]
+    # The workers run no numba (torch_kernels) and one thread each.
+    got = forked_worlds(run, tmp_path)
     check_world(4, [g[4] for g in got])
     check_world(2, [g[2] for g in got[:2]])
 

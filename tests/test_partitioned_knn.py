@@ -1,8 +1,8 @@
+
 r"""The partitioned exact kNN search (:mod:`pyg_lego.distributed`): 2 and 4
 gloo processes on this machine, uneven blocks, find the edges of the
 single-process search; ties go to the lower node id."""
 import os
-import socket
 
 import pytest
 import torch
@@ -14,15 +14,11 @@ from pyg_lego.data.relation import coalesce_pattern
 from pyg_lego.distributed import (partition_sizes, partitioned_knn,
                                   partitioned_pattern)
 
+from .conftest import free_port
+
 # Uneven blocks, one smaller than k: N = 80 and 150.
 SIZES = {2: [23, 57], 4: [41, 4, 93, 12]}
 K = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def distinct(n, d, seed):

@@ -1,3 +1,4 @@
+
 r"""The partitioned pipeline's job (``python -m pyg_lego.distributed``): its
 shards on 2 ranks (under torchrun) equal one process's; a rank that raises
 or hangs ends the job on every rank within the timeout, with a message
@@ -7,7 +8,6 @@ changed option recomputes only the stages it changes; the train stage on 2
 ranks gives one process's losses and parameters, and resumes by its options;
 bad options fail with one line."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +20,8 @@ from pyg_lego.data import knn_pattern
 from pyg_lego.distributed import pipeline
 from pyg_lego.distributed.pipeline import (STAGES, read_json, rank_dir,
                                            synthetic_classes, synthetic_rows)
+
+from .conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -58,12 +60,6 @@ def faulty(ctx):
 pipeline.STAGE_FUNCTIONS[stage] = faulty
 sys.exit(pipeline.main(sys.argv[3:]))
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def launch(args, world=2, fault=None, limit=120):

@@ -4,13 +4,10 @@ summed gradients, losses and parameters after Adam steps equal the single
 process's training of LEGO and a GCN head on the whole graph; the halo's
 hidden features cross once per layer; bad input raises the same error on
 every rank."""
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch_geometric.nn import GCNConv
 
@@ -22,6 +19,8 @@ from pyg_lego.distributed import (PartitionedGCN, PartitionedLEGO,
                                   partitioned_relation_scores,
                                   partitioned_train_step)
 from pyg_lego.nn import PropagationHead, masked_numba
+
+from .conftest import forked_worlds, raised_errors
 
 # Uneven blocks, one of 4 nodes without a labelled node: N = 80 on a
 # subgroup of 2 ranks, 150 on all 4 (one fork of 4 processes runs both).
@@ -35,12 +34,6 @@ STEPS, LR = 3, 0.05
 # Adam's divisions add a few ulps: at most 1.4e-16 in gradients and 6.6e-15
 # in parameters after 3 steps were measured.
 TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def graph(world):
@@ -155,28 +148,7 @@ def errors(world, rank, group, ei, score, x, y, mask, xs, fused):
         'unlabelled': lambda: step(train_mask=torch.zeros_like(mask)),
         'step_x': lambda: step(x=x[:, :7] if last else x),
     }
-    found = {}
-    for what, call in calls.items():
-        try:
-            call()
-            found[what] = None
-        except ValueError as e:
-            found[what] = f'{type(e).__name__}: {e}'
-    return found
-
-
-def worker(rank, world, init, out):
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=init, rank=rank,
-                            world_size=world)
-    try:
-        pair = dist.new_group([0, 1])
-        result = {4: run(4, rank, None)}
-        if rank < 2:
-            result[2] = run(2, rank, pair)
-        torch.save(result, os.path.join(out, f'{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
+    return raised_errors(calls)
 
 
 def train_reference(config, views, x, y, mask, ei):
@@ -298,13 +270,8 @@ def torch_kernels(monkeypatch):
 
 
 def test_partitioned_training_equals_one_process(tmp_path, torch_kernels):
-    # Forked, as in test_partitioned_graph: a spawned process imports torch
-    # and pyg_lego again. The workers run no numba and one thread each.
-    mp.start_processes(worker, args=(4, f'tcp://127.0.0.1:{free_port()}',
-                                     str(tmp_path)), nprocs=4,
-                       start_method='fork')
-    got = [torch.load(tmp_path / f'{r}.pt', weights_only=False)
-           for r in range(4)]
+    # The workers run no numba (torch_kernels) and one thread each.
+    got = forked_worlds(run, tmp_path)
     check_world(4, [g[4] for g in got])
     check_world(2, [g[2] for g in got[:2]])
 
