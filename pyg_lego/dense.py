@@ -11,7 +11,7 @@ from pyg_lego.data.calibration import ADAPTIVE_MAPS, SCALE_EPS, SNF_MU
 from pyg_lego.data.relation import GivenGraph
 from pyg_lego.data.similarity import (apply_score_map, default_gamma,
                                       resolve_score_map)
-from pyg_lego.nn.fusion import LEGOFusion
+from pyg_lego.nn.fusion import GEOMETRIC_EPS, LEGOFusion
 
 NORM_EPS = 1e-12
 
@@ -177,9 +177,14 @@ def graph_powers(r: Tensor, mask: Tensor, P: int, mode: str = 'masked',
     return torch.stack(out)
 
 
-def fuse(powers: Tensor, fusion: LEGOFusion) -> Tensor:
+def fuse(powers: Tensor, fusion: LEGOFusion,
+         mask: Optional[Tensor] = None) -> Tensor:
     r"""The fused graphs :math:`(C, N, N)` of :obj:`powers`
-    :math:`(M, P + 1, N, N)` with the coefficients of :obj:`fusion`."""
+    :math:`(M, P + 1, N, N)` with the coefficients of :obj:`fusion`. The
+    geometric fusion is positive everywhere, so it needs the pattern
+    :obj:`mask` :math:`(N, N)` to be zero off it."""
+    if fusion.kind == 'geometric' and mask is None:
+        raise ValueError("the geometric fusion needs the pattern mask")
     w = fusion.weight.to(powers.dtype)
     num_views, num_orders = powers.size(0), powers.size(1)
     out = []
@@ -189,6 +194,13 @@ def fuse(powers: Tensor, fusion: LEGOFusion) -> Tensor:
             for m in range(num_views):
                 for p in range(num_orders):
                     g = g + w[c, m, p] * powers[m, p]
+        elif fusion.kind == 'geometric':
+            g = torch.ones_like(g)
+            for m in range(num_views):
+                for p in range(num_orders):
+                    base = powers[m, p].clamp_min(0.0) + GEOMETRIC_EPS
+                    g = g * base.pow(w[c, m, p])
+            g = g * mask.to(g.dtype)
         elif fusion.full:
             for p in range(num_orders):
                 for q in range(num_orders):

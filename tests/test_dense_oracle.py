@@ -61,7 +61,8 @@ def test_expansion_matches_dense(case, mode, dtype):
 
 @pytest.mark.parametrize('kind,rank', [('linear', None),
                                        ('polynomial', None),
-                                       ('polynomial', 2)])
+                                       ('polynomial', 2),
+                                       ('geometric', None)])
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('case', list(_cases(4, seed=11)),
@@ -166,9 +167,14 @@ def _lego_against_dense(case, mode, kind, rank, dtype, device):
                                 self_loops=case['self_loops'])
     powers = dense.graph_powers(r, mask, case['P'], mode,
                                 xs=list(dleaves.values()))
-    g = dense.fuse(powers, model.fusion)  # [C, N, N]
+    g = dense.fuse(powers, model.fusion, mask)  # [C, N, N]
     ref = g[:, ei[0], ei[1]].t()
-    assert torch.allclose(out.cpu(), ref, **TOL[dtype])
+    tol = TOL[dtype]
+    if kind == 'geometric' and dtype == torch.float32:
+        # Its exponent sums logarithms down to log(1e-6) = -13.8, whose
+        # float32 rounding the exp and the weight gradient scale up.
+        tol = dict(atol=1e-4, rtol=1e-4)
+    assert torch.allclose(out.cpu(), ref, **tol)
     assert bool((g * ~mask).eq(0).all())
     (ref * weights).sum().backward()
     dgrads = [dleaves[n].grad for n in names] + [model.fusion.weight.grad]
@@ -178,7 +184,7 @@ def _lego_against_dense(case, mode, kind, rank, dtype, device):
         # (e.g. P = 0 without self-loops): both sides must agree on that too.
         a = torch.zeros_like(leaf) if a is None else a.cpu()
         b = torch.zeros_like(leaf) if b is None else b
-        assert torch.allclose(a, b, **TOL[dtype])
+        assert torch.allclose(a, b, **tol)
 
 
 @pytest.mark.parametrize('similarity', ['cosine', 'dot', 'rbf'])

@@ -107,9 +107,14 @@ def test_lego_classifier_fixed_mean_and_topk(tiny):
     torch.testing.assert_close(model(x, rel.edge_index), expect)
     with pytest.raises(ValueError, match='needs the edge_index'):
         model.fused_graph()
-    with pytest.raises(ValueError, match='learn=False fixes a linear'):
+    with pytest.raises(ValueError, match='learn=False fixes equal view'):
         LEGOClassifier(rel.view_names, powers, 'gcn', x.size(1), 8, 10,
                        fusion='polynomial', learn=False)
+    geometric = LEGOClassifier(rel.view_names, powers, 'gcn', x.size(1), 8,
+                               10, fusion='geometric', learn=False)
+    torch.testing.assert_close(
+        geometric.fused_graph(),
+        (rel.edge_attr.clamp_min(0) + 1e-6).log().mean(dim=1).exp())
     learned = LEGOClassifier(rel.view_names, powers, 'gcn', x.size(1), 8, 10,
                              topk=3)
     out = learned(x, rel.edge_index)

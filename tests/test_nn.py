@@ -37,7 +37,8 @@ def test_repr():
 
 
 @pytest.mark.parametrize('kind,M,rank,shape', [
-    ('linear', 3, None, (2, 3, 4)), ('polynomial', 2, None, (2, 4, 4)),
+    ('linear', 3, None, (2, 3, 4)), ('geometric', 3, None, (2, 3, 4)),
+    ('polynomial', 2, None, (2, 4, 4)),
     ('polynomial', 3, None, (2, 4, 3, 4)), ('polynomial', 2, 2, (2, 2, 2, 4))
 ])
 def test_fusion_shapes_and_reset(kind, M, rank, shape):
@@ -58,6 +59,36 @@ def test_initial_fusion_is_near_the_plain_average():
         ref = x.mean(dim=(1, 2)) if kind == 'linear' else \
             x.mean(dim=2).prod(dim=1)
         assert torch.allclose(out, ref, rtol=0.35)
+    geometric = LEGOFusion(3, 2, kind='geometric')(x)[:, 0]
+    # Order 1's exponents start near 1 / M, the others near 0.
+    mean = x[:, :, 1].log().mean(dim=1).exp()
+    assert torch.allclose(geometric, mean, rtol=0.5)
+    assert (geometric / mean).log().abs().mean() < 0.25
+
+
+def test_geometric_fusion_is_a_product_of_powers():
+    fusion = LEGOFusion(2, 1, out_channels=2, kind='geometric').double()
+    with torch.no_grad():
+        fusion.weight.copy_(torch.tensor([[[0.0, 1.0], [0.0, 1.0]],
+                                          [[0.0, 2.0], [0.0, 0.0]]]))
+    x = torch.tensor([[[1.0, 0.5], [1.0, 0.4]],
+                      [[0.0, 0.95], [0.0, 0.0]],
+                      [[0.0, -0.3], [0.0, 0.8]]], dtype=torch.float64)
+    out = fusion(x)
+    eps = 1e-6
+    want = torch.tensor([[(0.5 + eps) * (0.4 + eps), (0.5 + eps)**2],
+                         [(0.95 + eps) * eps, (0.95 + eps)**2],
+                         # A negative score counts as 0.
+                         [eps * (0.8 + eps), eps**2]], dtype=torch.float64)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=0)
+    # Agreement: an edge that only one view scores high weighs less than
+    # one both score moderately (the linear mean ranks them the other way).
+    assert out[1, 0] < out[0, 0]
+    assert x[1, :, 1].mean() > x[0, :, 1].mean()
+    assert (out > 0).all()
+    leaf = x.clone().clamp_min(0.1).requires_grad_()
+    assert torch.autograd.gradcheck(fusion, (leaf, ))
+    assert fusion.coefficients().title == 'view \\ order'
 
 
 def test_coefficient_tables():

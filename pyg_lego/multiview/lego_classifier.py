@@ -45,7 +45,7 @@ class LEGOClassifier(torch.nn.Module):
         in_channels (int): Node feature width.
         hidden_channels (int): Hidden width of the head.
         out_channels (int): Classes.
-        fusion (str, optional): :obj:`"linear"` or :obj:`"polynomial"`.
+        fusion (str, optional): A :class:`~pyg_lego.nn.LEGOFusion` kind.
             (default: :obj:`"linear"`)
         dropout (float, optional): Dropout of the head. (default: :obj:`0.5`)
         rank (int, optional): CP rank of the polynomial fusion.
@@ -56,7 +56,8 @@ class LEGOClassifier(torch.nn.Module):
             :obj:`False`, they are fixed equal weights :math:`1 / M` on
             every view's order 1 (the mean of the views' scores in the
             element-wise mode, of their normalised relation graphs
-            :math:`\mathbf{A}_m` in the masked mode), the baseline that
+            :math:`\mathbf{A}_m` in the masked mode; their geometric mean
+            with :obj:`fusion="geometric"`), the baseline that
             tells whether learning pays. (default: :obj:`True`)
 
     Shapes:
@@ -77,9 +78,11 @@ class LEGOClassifier(torch.nn.Module):
         self.fusion = LEGOFusion(len(view_names), powers.size(2) - 1,
                                  kind=fusion, rank=rank,
                                  view_names=view_names)
-        if not learn and (fusion != 'linear' or powers.size(2) < 2):
-            raise ValueError("learn=False fixes a linear fusion on order 1: "
-                             "it needs fusion='linear' and P >= 1")
+        if not learn and (fusion not in ('linear', 'geometric')
+                          or powers.size(2) < 2):
+            raise ValueError("learn=False fixes equal view weights on order "
+                             "1: it needs fusion='linear' or 'geometric' and "
+                             "P >= 1")
         self.learn = learn
         self.register_buffer('powers', powers)
         self.sparsify = TopKSparsify(topk) if topk is not None else None
@@ -90,6 +93,8 @@ class LEGOClassifier(torch.nn.Module):
     def reset_parameters(self):
         self.fusion.reset_parameters()
         if not self.learn:
+            # Linear: the mean of the views' order 1; geometric: their
+            # geometric mean.
             with torch.no_grad():
                 self.fusion.weight.zero_()
                 self.fusion.weight[:, :, 1] = 1.0 / self.fusion.num_views

@@ -7,7 +7,12 @@ from torch.nn import Parameter
 
 from pyg_lego.data.validation import check_order
 
-KINDS = ('polynomial', 'linear')
+KINDS = ('polynomial', 'linear', 'geometric')
+
+#: Added to every relation score before the geometric fusion takes its
+#: logarithm, so that a zero score (an edge a view does not propose) gives a
+#: small finite factor instead of :math:`\log 0`.
+GEOMETRIC_EPS = 1e-6
 
 #: Elements of the ``[edges, C, rank, M]`` factor tensor that the CP fusion
 #: holds at once: beyond it, it runs in edge chunks and recomputes the
@@ -167,18 +172,34 @@ class LEGOFusion(torch.nn.Module):
     .. math::
         \mathbf{G}_c = \sum_{m, p} w_{c, m, p} \, \mathbf{R}^{(p)}_m
 
+    **geometric** (a weighted geometric mean: the linear fusion of the
+    scores' logarithms, with :math:`\epsilon` = :data:`GEOMETRIC_EPS`):
+
+    .. math::
+        \mathbf{G}_c = \prod_{m, p} \big(\mathrm{ReLU}(\mathbf{R}^{(p)}_m)
+        + \epsilon\big)^{w_{c, m, p}}
+        = \exp\Big( \sum_{m, p} w_{c, m, p} \,
+        \log\big(\mathrm{ReLU}(\mathbf{R}^{(p)}_m) + \epsilon\big) \Big)
+
+    An edge weighs much only where every view with a positive exponent
+    scores it high: the views must agree, where the linear fusion lets one
+    view's high score stand for all. The weights are positive by
+    construction, and an exponent near 0 leaves a view out.
+
     All products are element-wise on the edges, so the fused graph lives on
     the same pattern as its inputs. Coefficients start near the plain average
     (linear: :math:`1 / (M (P + 1))`; polynomial: the product of each view's
-    mean over orders), with a small random spread so that channels differ.
+    mean over orders; geometric: exponents :math:`1 / M` on order 1, the
+    geometric mean of the views' order-1 relations, and near 0 on the other
+    orders), with a small random spread so that channels differ.
 
     Args:
         num_views (int): Number of views :math:`M`.
         P (int): Highest order :math:`P`.
         out_channels (int, optional): Number of fused graphs :math:`C`.
             (default: :obj:`1`)
-        kind (str, optional): :obj:`"polynomial"` or :obj:`"linear"`.
-            (default: :obj:`"polynomial"`)
+        kind (str, optional): :obj:`"polynomial"`, :obj:`"linear"` or
+            :obj:`"geometric"`. (default: :obj:`"polynomial"`)
         rank (int, optional): CP rank of the polynomial; :obj:`None` means a
             full matrix for two views and :math:`P + 1` otherwise.
         view_names (list of str, optional): Names for the coefficient tables.
@@ -212,7 +233,7 @@ class LEGOFusion(torch.nn.Module):
             rank = P + 1
         self.rank = rank if kind == 'polynomial' and not self.full else None
         n = P + 1
-        if kind == 'linear':
+        if kind in ('linear', 'geometric'):
             shape = (out_channels, num_views, n)
         elif self.full:
             shape = (out_channels, n, n)
@@ -223,6 +244,13 @@ class LEGOFusion(torch.nn.Module):
 
     def reset_parameters(self):
         n = self.P + 1
+        if self.kind == 'geometric':
+            base = 1.0 / self.num_views
+            with torch.no_grad():
+                self.weight.uniform_(0.0, 0.1 * base)
+                self.weight[:, :, min(1, self.P)].uniform_(0.9 * base,
+                                                           1.1 * base)
+            return
         if self.kind == 'linear':
             base = 1.0 / (self.num_views * n)
         elif self.full:
@@ -247,6 +275,9 @@ class LEGOFusion(torch.nn.Module):
         w = self.weight.to(x.dtype)
         if self.kind == 'linear':
             return torch.einsum('emp,cmp->ec', x, w)
+        if self.kind == 'geometric':
+            logs = (x.clamp_min(0.0) + GEOMETRIC_EPS).log()
+            return torch.einsum('emp,cmp->ec', logs, w).exp()
         if self.full:
             return torch.einsum('ep,cpq,eq->ec', x[:, 0], w, x[:, 1])
         per_edge = w.size(0) * w.size(1) * w.size(2)
@@ -258,14 +289,15 @@ class LEGOFusion(torch.nn.Module):
 
     def coefficients(self, channel: int = 0) -> CoefficientTable:
         r"""The learned coefficients of one channel as a named table:
-        views x orders (linear), orders of the first view x orders of the
-        second (full polynomial), or (component, view) x orders (CP)."""
+        views x orders (linear; geometric: the exponents), orders of the
+        first view x orders of the second (full polynomial), or
+        (component, view) x orders (CP)."""
         if not 0 <= channel < self.out_channels:
             raise IndexError(f"channel {channel} out of range for "
                              f"{self.out_channels} channels")
         w = self.weight.detach()[channel].cpu()
         orders = [f'p={p}' for p in range(self.P + 1)]
-        if self.kind == 'linear':
+        if self.kind in ('linear', 'geometric'):
             return CoefficientTable(w, list(self.view_names), orders,
                                     'view \\ order')
         if self.full:
