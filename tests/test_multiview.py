@@ -18,7 +18,7 @@ from pyg_lego.multiview.lego_classifier import LEGOClassifier
 from pyg_lego.multiview.suites import (report_markdown, run_suite,
                                        small_setting)
 
-TINY = dict(lr=0.02, hidden=8, dropout=0.1, weight_decay=0.0)
+TINY = dict(lr=0.02, hidden_channels=8, dropout=0.1, weight_decay=0.0)
 
 
 @pytest.fixture(scope='module')
@@ -214,10 +214,26 @@ def test_run_benchmark_tiny(tiny_digits):
     lego = [r for r in records if r.method == 'LEGO']
     assert set(lego[0].shares) == {'pixels', 'hog', 'profiles'}
     assert math.isclose(sum(lego[0].shares.values()), 1.0, rel_tol=1e-5)
+    assert set(first.config) == {'lr', 'hidden_channels', 'dropout',
+                                 'weight_decay'}
     summary = summarize(records)
     assert set(summary) == {'MLP', 'LP best', 'GCN mean', 'LEGO'}
     md = to_markdown(summary)
     assert md.count('**') >= 2 and '2 labels/class' in md
+
+
+def test_configurations_recorded_with_the_old_key(tiny_digits):
+    ctx = Context(tiny_digits, k=5)
+    split = make_split(tiny_digits.y, 2, 2, seed=0)
+    method = Method('MLP', 'gnn', 'mlp')
+    old = {'lr': 0.02, 'hidden': 8, 'dropout': 0.1, 'weight_decay': 0.0}
+    fit = fit_method(method, ctx, split, old, epochs=2, patience=2)
+    assert fit.config == {'lr': 0.02, 'hidden_channels': 8, 'dropout': 0.1,
+                          'weight_decay': 0.0}
+    assert fit.model.hidden_channels == 8
+    with pytest.raises(ValueError, match=r"lacks \['dropout'\]"):
+        fit_method(method, ctx, split, {'lr': 0.02, 'hidden_channels': 8,
+                                        'weight_decay': 0.0})
 
 
 def test_given_graph_example_runs():

@@ -27,7 +27,7 @@ from pyg_lego.nn.sparsify import drop_zero_edges, topk_mask
 #: from.
 DEFAULT_GRID: Dict[str, List[float]] = {
     'lr': [0.01, 0.03],
-    'hidden': [32, 64],
+    'hidden_channels': [32, 64],
     'dropout': [0.3, 0.6],
     'weight_decay': [5e-4, 5e-3],
 }
@@ -315,8 +315,10 @@ def fit_method(method: Method, ctx: Context, split: Split,
                    dict(config), graph=g)
     if method.head not in KINDS:
         raise ValueError(f"unknown head {method.head!r}; heads: {KINDS}")
+    config = _trained_config(config)
     torch.manual_seed(seed)
-    hidden, dropout = int(config['hidden']), float(config['dropout'])
+    hidden = int(config['hidden_channels'])
+    dropout = float(config['dropout'])
     out_channels = ctx.data.num_classes
     if method.family == 'gnn':
         g = ctx.graph(method.graph, split, method.score_map, method.topk)
@@ -359,6 +361,22 @@ def fit_method(method: Method, ctx: Context, split: Split,
     elif method.family == 'attention':
         g = None
     return Fit(val, test, dict(config), model, ran, g)
+
+
+#: The keys of a trained method's configuration.
+CONFIG_KEYS = ('lr', 'hidden_channels', 'dropout', 'weight_decay')
+
+
+def _trained_config(config: Mapping[str, float]) -> Dict[str, float]:
+    config = dict(config)
+    if 'hidden' in config and 'hidden_channels' not in config:
+        # Records written before the PyG name.
+        config['hidden_channels'] = config.pop('hidden')
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"the configuration {config} lacks {missing}; a "
+                         f"trained method needs {list(CONFIG_KEYS)}")
+    return config
 
 
 def lp_alphas(budget: int) -> List[float]:

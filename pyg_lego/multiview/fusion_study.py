@@ -148,7 +148,7 @@ def dev_sweep(datasets: Sequence[str] = FUSION_DATA, small: bool = False,
     on :obj:`seeds` (disjoint from the study's). Returns the mean
     validation accuracy per data set and configuration, and the mean rank
     of each configuration over the data sets."""
-    config = config or dict(lr=0.01, hidden=64, dropout=0.6,
+    config = config or dict(lr=0.01, hidden_channels=64, dropout=0.6,
                             weight_decay=5e-4)
     grid = list(itertools.product(score_maps, topks, modes, fusions))
     bar = None
