@@ -11,8 +11,10 @@ machine. Each pair's outputs are compared as well.
 
 The rule (issue 24): a hand-written piece stays only where it is at least
 :data:`KEEP_RATIO` times faster than the library, or for a behavioural
-reason recorded here (:data:`REASONS`). The hand-written versions are kept
-in this script, as they were, so that a replaced piece can still be timed.
+reason recorded here (:data:`REASONS`). A piece the library still has is
+timed as the library's own function; the others (replaced, or inline in a
+larger function) are kept in this script as they were, so that they can
+still be timed.
 
     python benchmarks/library_replacements.py                # measure
     python benchmarks/library_replacements.py render \
@@ -22,13 +24,10 @@ writes ``library_replacements.json`` and ``library_replacements.md`` under
 ``--out`` (default ``benchmarks/results``).
 """
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import sklearn
@@ -39,9 +38,22 @@ from torch_geometric.index import index2ptr
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import coalesce, to_undirected
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # pyg_lego, uninstalled
+sys.path.insert(0, HERE)  # timing, where loaded from elsewhere
+
+from pyg_lego.data.relation import coalesce_pattern  # noqa: E402
+from pyg_lego.data.similarity import csr_rowptr  # noqa: E402
+from pyg_lego.nn.norm import relation_norm  # noqa: E402
+from pyg_lego.vad.metrics import _average_ranks  # noqa: E402
+from timing import interleaved, render_record, write_record  # noqa: E402
+
 #: A hand-written piece stays where the library takes this many times its
 #: time, or longer.
 KEEP_RATIO = 1.2
+
+#: Most calls of a piece per timed sample.
+MOST_CALLS = 1024
 
 #: Behavioural reasons to keep a hand-written piece whatever the timing.
 REASONS: Dict[str, str] = {
@@ -112,17 +124,10 @@ def coalesced(n: int, degree: int) -> torch.Tensor:
     return torch.stack([key // n, key % n])
 
 
-# The hand-written pieces, as they were in pyg_lego.
-
-def hand_coalesce(ei, n):  # pyg_lego/data/relation.py coalesce_pattern
-    key = torch.unique(ei[0] * n + ei[1])
-    return torch.stack([key // n, key % n])
-
-
-def hand_coalesce_inverse(ei, n):
-    key, inverse = torch.unique(ei[0] * n + ei[1], return_inverse=True)
-    return torch.stack([key // n, key % n]), inverse
-
+# The hand-written pieces that are no pyg_lego function as it is now
+# (replaced by the library's, inline in a larger function, or with other
+# arguments or an early return there), as they were in pyg_lego. Those that
+# are (coalesce_pattern, relation_norm, csr_rowptr) are timed as pyg_lego's.
 
 def hand_coalesce_sum_inverse(ei, attr, n):  # graph_power._coalesce
     key = ei[0] * n + ei[1]
@@ -142,42 +147,17 @@ def hand_symmetric_given(ei, w, n):  # relation._symmetric_given
     return uniq, weight
 
 
-def hand_relation_norm(ei, attr, n):  # pyg_lego/nn/norm.py
-    row, col = ei[0], ei[1]
-    deg = attr.new_zeros(n, attr.size(-1)).index_add(0, row, attr)
-    tiny = torch.finfo(deg.dtype).tiny
-    dinv = torch.where(deg > 0, deg.clamp_min(tiny).rsqrt(),
-                       torch.zeros_like(deg))
-    return dinv[row] * attr * dinv[col]
-
-
 def hand_row_start(row, n):  # calibration, sparsify.topk_mask
     count = torch.bincount(row, minlength=n)
     return count, torch.cumsum(count, 0) - count
-
-
-def hand_rowptr(index, n):  # pyg_lego/data/similarity.py csr_rowptr
-    ptr = torch.zeros(n + 1, dtype=torch.long)
-    torch.cumsum(torch.bincount(index, minlength=n), 0, out=ptr[1:])
-    return ptr
 
 
 def hand_has_duplicates(ei, n):  # pyg_lego/data/networkx.py
     return torch.unique(ei[0] * n + ei[1]).numel() != ei.size(1)
 
 
-def _average_ranks(s):
-    order = np.argsort(s, kind='mergesort')
-    sorted_s = s[order]
-    first = np.r_[True, sorted_s[1:] != sorted_s[:-1]]
-    group = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], s.shape[0]]
-    mean_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty_like(s)
-    ranks[order] = mean_rank[group]
-    return ranks
-
+# frame_auc and frame_ap without their checks of the inputs
+# (_check_binary), as the record timed them.
 
 def hand_auc(s, y):  # pyg_lego/vad/metrics.py frame_auc
     pos = y == 1
@@ -253,39 +233,6 @@ def backward(fn):
     return run
 
 
-def calls_per_sample(fn: Callable, least: float = 0.1) -> int:
-    r"""Calls of :obj:`fn` per timed sample, so that a sample takes at
-    least :obj:`least` seconds (a millisecond piece timed one call at a
-    time is mostly the other workers' noise)."""
-    number = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - t >= least or number >= 1024:
-            return number
-        number *= 2
-
-
-def interleaved(hand: Callable, lib: Callable, repeat: int,
-                least: float = 0.1):
-    r"""Median times per call of :obj:`hand` and :obj:`lib`, samples run in
-    turn (which goes first alternates), after one warm-up run each."""
-    out_hand, out_lib = hand(), lib()
-    number = max(calls_per_sample(hand, least),
-                 calls_per_sample(lib, least))
-    times = {'hand': [], 'lib': []}
-    for r in range(repeat):
-        order = (('hand', hand), ('lib', lib))
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            t = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times[name].append((time.perf_counter() - t) / number)
-    return (statistics.median(times['hand']),
-            statistics.median(times['lib']), out_hand, out_lib)
-
-
 def pieces(n: int, degree: int, frames: int, views: int) -> List[dict]:
     r"""Each piece: its name, where it lives, the library function, and
     the hand-written and library calls on the benchmark's inputs."""
@@ -314,7 +261,7 @@ def pieces(n: int, degree: int, frames: int, views: int) -> List[dict]:
         dict(key='coalesce', piece='coalesce (sorted unique edges)',
              where='pyg_lego/data/relation.py coalesce_pattern',
              library='torch_geometric.utils.coalesce', size=union.size(1),
-             hand=lambda: hand_coalesce(union, n),
+             hand=lambda: coalesce_pattern(union, n),
              lib=lambda: coalesce(union, num_nodes=n)),
         dict(key='coalesce_inverse', piece='coalesce with the inverse map',
              where='pyg_lego/data/relation.py coalesce_pattern '
@@ -322,7 +269,7 @@ def pieces(n: int, degree: int, frames: int, views: int) -> List[dict]:
                    '_unique_edges',
              library='torch_geometric.utils.coalesce + searchsorted',
              size=union.size(1),
-             hand=lambda: hand_coalesce_inverse(union, n),
+             hand=lambda: coalesce_pattern(union, n, return_inverse=True),
              lib=lambda: lib_coalesce_inverse(union, n)),
         dict(key='coalesce_sum_inverse',
              piece='coalesce summing the scores, with the inverse map',
@@ -345,7 +292,7 @@ def pieces(n: int, degree: int, frames: int, views: int) -> List[dict]:
              where='pyg_lego/nn/norm.py relation_norm',
              library='torch_geometric.nn.conv.gcn_conv.gcn_norm',
              size=pattern.size(1), tol=1e-6,
-             hand=lambda: backward(hand_relation_norm)(pattern, scores, n),
+             hand=lambda: backward(relation_norm)(pattern, scores, n),
              lib=lambda: backward(lib_relation_norm)(pattern, scores, n)),
         dict(key='calibration_row_start',
              piece='row counts and starts of row-sorted edges',
@@ -365,7 +312,7 @@ def pieces(n: int, degree: int, frames: int, views: int) -> List[dict]:
              where='pyg_lego/data/similarity.py csr_rowptr',
              library='torch_geometric.index.index2ptr',
              size=row.numel(),
-             hand=lambda: hand_rowptr(row, n),
+             hand=lambda: csr_rowptr(row, n),
              lib=lambda: index2ptr(row, n)),
         dict(key='duplicate_check', piece='has duplicate edges',
              where='pyg_lego/data/networkx.py to_networkx_fused',
@@ -401,7 +348,7 @@ def measure(n: int, degree: int, frames: int, views: int, repeat: int,
         if only and p['key'] not in only:
             continue
         hand_s, lib_s, a, b = interleaved(p['hand'], p['lib'], repeat,
-                                         least)
+                                          least, MOST_CALLS)
         exact = same(a, b, p.get('tol', 0.0))
         ratio = lib_s / hand_s
         rows.append({'key': p['key'], 'piece': p['piece'],
@@ -447,17 +394,6 @@ def to_markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(result: dict, out: str) -> str:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'library_replacements.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-        f.write('\n')
-    text = to_markdown(result)
-    with open(os.path.join(out, 'library_replacements.md'), 'w') as f:
-        f.write(text)
-    return text
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('stage', nargs='?', default='measure',
@@ -480,10 +416,7 @@ def main(argv=None):
     if args.stage == 'render':
         if not args.record or not args.markdown:
             parser.error('render needs a record and --markdown')
-        with open(args.record) as f:
-            text = to_markdown(json.load(f))
-        with open(args.markdown, 'w') as f:
-            f.write(text)
+        render_record(args.record, args.markdown, to_markdown)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -498,7 +431,8 @@ def main(argv=None):
                        'sklearn': sklearn.__version__,
                        'machine': platform.machine()},
               'rows': rows, 'unmatched': UNMATCHED}
-    print(write(result, args.out))
+    print(write_record(result, args.out, 'library_replacements',
+                       to_markdown))
     return 0
 
 

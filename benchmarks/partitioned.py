@@ -29,7 +29,12 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # timing, where loaded from elsewhere (render.py)
+
+from timing import render_record, write_record  # noqa: E402
+
 STAGES = ('pattern', 'scores', 'powers', 'fusion')
 MiB = 2**20
 #: The projection's target.
@@ -176,7 +181,7 @@ def projection(result: dict) -> dict:
     rows, the other stages per edge); bytes by the halo (the powers' bytes
     per halo node as measured, the kNN ring's blocks exactly)."""
     meta = result['meta']
-    dims, views = sum(meta['dims']), len(meta['dims'])
+    dims = sum(meta['dims'])
     model = memory_model(result)
     num_nodes = model['from'][0]
     timed = min((j for j in result['jobs']
@@ -314,15 +319,6 @@ def to_markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(result: dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'partitioned.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-        f.write('\n')
-    with open(os.path.join(out, 'partitioned.md'), 'w') as f:
-        f.write(to_markdown(result))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('stage', nargs='?', default='measure',
@@ -345,10 +341,7 @@ def main(argv=None):
     if args.stage == 'render':
         if not args.record or not args.markdown:
             parser.error('render needs a record and --markdown')
-        with open(args.record) as f:
-            result = json.load(f)
-        with open(args.markdown, 'w') as f:
-            f.write(to_markdown(result))
+        render_record(args.record, args.markdown, to_markdown)
         return
     cpus = os.cpu_count() or 1
     result = {'meta': {'k': args.k, 'dims': args.dims, 'P': args.P,
@@ -373,7 +366,8 @@ def main(argv=None):
                        for r in job['ranks'])
             print(f"  {job['wall_s']:.0f} s, peak RSS per rank "
                   f"{peak / 2**30:.2f} GiB", file=sys.stderr, flush=True)
-            write(result, args.out)  # what has run so far survives a stop
+            # What has run so far survives a stop.
+            write_record(result, args.out, 'partitioned', to_markdown)
 
 
 if __name__ == '__main__':

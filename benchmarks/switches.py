@@ -30,16 +30,15 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch_geometric
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # pyg_lego, uninstalled
+sys.path.insert(0, HERE)  # timing, where loaded from elsewhere
 
 from pyg_lego.data import knn as knn_module  # noqa: E402
 from pyg_lego.data import relation  # noqa: E402
@@ -49,10 +48,14 @@ from pyg_lego.data.validation import (all_finite, check_edge_index,  # noqa
 from pyg_lego.nn import fusion, graph_power, locality, sparsify  # noqa: E402
 from pyg_lego.nn.fusion import LEGOFusion  # noqa: E402
 from pyg_lego.nn.graph_power import GraphPowerConv  # noqa: E402
+from timing import interleaved, render_record, write_record  # noqa: E402
 
 #: A switch stays where its path takes at most 1 / KEEP_GAIN of the time
 #: (or of the saved memory) of the other: at least 10% gain.
 KEEP_GAIN = 1.10
+
+#: Most calls of a path per timed sample.
+MOST_CALLS = 256
 
 #: Constants that are not a choice between two paths, and why they stay.
 OTHERS: List[Dict[str, str]] = [
@@ -153,34 +156,6 @@ def grad_of(fn: Callable, *inputs: torch.Tensor) -> Callable:
         out.backward(torch.ones_like(out))
         return [out.detach()] + [x.grad for x in leaves]
     return run
-
-
-def calls_per_sample(fn: Callable, least: float) -> int:
-    number = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - t >= least or number >= 256:
-            return number
-        number *= 2
-
-
-def interleaved(on: Callable, off: Callable, repeat: int, least: float):
-    r"""Median times per call of :obj:`on` and :obj:`off`, samples run in
-    turn (which goes first alternates), after one warm-up run each."""
-    out_on, out_off = on(), off()
-    number = max(calls_per_sample(on, least), calls_per_sample(off, least))
-    times = {'on': [], 'off': []}
-    for r in range(repeat):
-        order = (('on', on), ('off', off))
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            t = time.perf_counter()
-            for _ in range(number):
-                fn()
-            times[name].append((time.perf_counter() - t) / number)
-    return (statistics.median(times['on']), statistics.median(times['off']),
-            out_on, out_off)
 
 
 def max_difference(a, b) -> float:
@@ -404,8 +379,10 @@ def sync_checks(scale: float, repeat: int, least: float) -> dict:
 
     with torch.no_grad():
         checks_s, forward_s, _, _ = interleaved(
-            checks, lambda: conv(ei, a, num_nodes=n), repeat, least)
-        known_s, _, _, _ = interleaved(known, checks, repeat, least)
+            checks, lambda: conv(ei, a, num_nodes=n), repeat, least,
+            MOST_CALLS)
+        known_s, _, _, _ = interleaved(known, checks, repeat, least,
+                                       MOST_CALLS)
     return {'size': f'N = {n:,}, {ei.size(1):,} edges, M = 3',
             'checks_s': checks_s, 'forward_s': forward_s,
             'share': checks_s / forward_s, 'reads': 5, 'known_s': known_s}
@@ -448,7 +425,8 @@ def measure(scale: float, repeat: int, least: float,
     for p in pieces(scale):
         if only and p['key'] not in only or p.get('removed'):
             continue
-        on_s, off_s, a, b = interleaved(p['on'], p['off'], repeat, least)
+        on_s, off_s, a, b = interleaved(p['on'], p['off'], repeat, least,
+                                        MOST_CALLS)
         gain = off_s / on_s
         row = {k: p[k] for k in ('key', 'piece', 'module', 'constant',
                                  'what', 'size')}
@@ -512,17 +490,6 @@ def to_markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write(result: dict, out: str) -> str:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, 'switches.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-        f.write('\n')
-    text = to_markdown(result)
-    with open(os.path.join(out, 'switches.md'), 'w') as f:
-        f.write(text)
-    return text
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('stage', nargs='?', default='measure',
@@ -544,10 +511,7 @@ def main(argv=None):
     if args.stage == 'render':
         if not args.record or not args.markdown:
             parser.error('render needs a record and --markdown')
-        with open(args.record) as f:
-            text = to_markdown(json.load(f))
-        with open(args.markdown, 'w') as f:
-            f.write(text)
+        render_record(args.record, args.markdown, to_markdown)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -558,7 +522,9 @@ def main(argv=None):
         for row in result['rows']:
             row['decision'] = decide(row['gain'], row['memory_gain'],
                                      row['key'])
-        print(write(result, os.path.dirname(os.path.abspath(args.record))))
+        print(write_record(result,
+                           os.path.dirname(os.path.abspath(args.record)),
+                           'switches', to_markdown))
         return 0
     rows = measure(args.scale, args.repeat, args.least, args.only)
     result = {'meta': {'scale': args.scale, 'repeat': args.repeat,
@@ -570,7 +536,7 @@ def main(argv=None):
               'rows': rows,
               'sync': sync_checks(args.scale, args.repeat, args.least),
               'others': OTHERS}
-    print(write(result, args.out))
+    print(write_record(result, args.out, 'switches', to_markdown))
     return 0
 
 
