@@ -39,8 +39,10 @@ def _merge(paths):
             continue
         # A dev sweep's configurations of one data set may come from
         # several files (e.g. a second stage); a study's data sets from one.
-        for name, configs in part.get('validation', {}).items():
-            merged['validation'].setdefault(name, {}).update(configs)
+        for table in ('validation', 'homophily'):
+            for name, configs in part.get(table, {}).items():
+                merged.setdefault(table, {}).setdefault(name, {}).update(
+                    configs)
         merged.get('datasets', {}).update(part.get('datasets', {}))
     return merged
 
@@ -105,7 +107,8 @@ def main(argv=None):
                         'records here')
     parser.add_argument('--datasets', nargs='+', default=list(FUSION_DATA),
                         choices=FUSION_DATA)
-    parser.add_argument('--fusions', nargs='+', default=['linear'],
+    parser.add_argument('--fusions', nargs='+',
+                        default=['linear', 'geometric'],
                         help='dev: the fusion kinds to sweep')
     parser.add_argument('--stage2', action='store_true',
                         help='dev: sweep the fusion kinds at LEGO_DEFAULT '

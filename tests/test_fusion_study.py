@@ -131,6 +131,13 @@ def test_fused_graphs_of_the_context(tiny):
     w = rel.edge_attr.clamp_min(0).mean(dim=1)
     keep = topk_mask(rel.edge_index, w, 3, rel.num_nodes)
     assert torch.equal(g.edge_index, rel.edge_index[:, keep & (w != 0)])
+    geo = ctx.graph('fused_mean', split, 'local', 3, fusion='geometric')
+    w = (rel.edge_attr.clamp_min(0) + 1e-6).log().mean(dim=1).exp()
+    keep = topk_mask(rel.edge_index, w, 3, rel.num_nodes)
+    assert torch.equal(geo.edge_index, rel.edge_index[:, keep])
+    torch.testing.assert_close(geo.edge_weight, w[keep])
+    with pytest.raises(ValueError, match="fixed fusion is 'linear'"):
+        ctx.graph('fused_mean', split, fusion='polynomial')
     s = ctx.graph('snf', split, topk=3)
     assert s.edge_weight.shape == (s.edge_index.size(1), )
     assert ctx.graph('snf', split, topk=3) is s  # cached
@@ -139,7 +146,9 @@ def test_fused_graphs_of_the_context(tiny):
                           score_map='snf', topk=3),
                    Method('f', 'lego', 'gcn', mode='masked', learn=False),
                    Method('s', 'gnn', 'gcn', 'snf', topk=3),
-                   Method('p', 'lp', graph='fused_mean', topk=3)):
+                   Method('p', 'lp', graph='fused_mean', topk=3),
+                   Method('g', 'lp', graph='fused_mean', topk=3,
+                          fusion='geometric')):
         fit = fit_method(method, ctx, split,
                          TINY if method.family != 'lp' else {'alpha': 0.9},
                          epochs=3, patience=3)
@@ -183,6 +192,9 @@ def test_fusion_data_and_methods():
     assert len(names) == len(set(names))
     lego = [m for m in fusion_methods() if m.family == 'lego']
     assert all(m.topk == LEGO_DEFAULT['topk'] for m in lego)
+    assert all(m.fusion == LEGO_DEFAULT['fusion'] for m in lego)
+    fixed_lp = [m for m in fusion_methods() if m.graph == 'fused_mean']
+    assert [m.fusion for m in fixed_lp] == [LEGO_DEFAULT['fusion']]
     assert {m.learn for m in lego} == {True, False}
     assert fusion_data('breast-cancer', small=True).num_nodes == 569
     with pytest.raises(ValueError, match='unknown data set'):
@@ -204,11 +216,15 @@ def test_fusion_study_small_runs_and_renders():
     t = targets(tables)
     assert t['cells'] == 1 and t['wins'] in (0, 1)
     dev = dev_sweep(['breast-cancer'], small=True, score_maps=('local', ),
-                    topks=(5, None), modes=('elementwise', ), seeds=(7, ),
-                    progress=False)
-    assert set(dev['validation']['breast-cancer']) == {
-        'score_map=local, topk=5, mode=elementwise, fusion=linear',
-        'score_map=local, topk=None, mode=elementwise, fusion=linear'}
+                    topks=(5, None), modes=('elementwise', ),
+                    fusions=('linear', ), seeds=(7, ), progress=False)
+    keys = {'score_map=local, topk=5, mode=elementwise, fusion=linear',
+            'score_map=local, topk=None, mode=elementwise, fusion=linear'}
+    assert set(dev['validation']['breast-cancer']) == keys
+    # The learned graphs' homophily, reported beside the accuracy.
+    assert set(dev['homophily']['breast-cancer']) == keys
+    assert all(0.5 < h <= 1.0
+               for h in dev['homophily']['breast-cancer'].values())
     text = render_study(result, dev)
     assert '#### breast-cancer' in text and 'Development sweep' in text
     assert 'LEGO + GCN beats the best baseline in' in text

@@ -21,6 +21,7 @@ from pyg_lego.multiview.baselines import (KINDS, GNN, Graph,
 from pyg_lego.multiview.datasets import MultiViewData
 from pyg_lego.multiview.lego_classifier import LEGOClassifier, expand
 from pyg_lego.multiview.snf import snf
+from pyg_lego.nn.fusion import GEOMETRIC_EPS
 from pyg_lego.nn.sparsify import drop_zero_edges, topk_mask
 
 #: The hyper-parameter grid every trained method draws its configurations
@@ -96,11 +97,13 @@ class Method:
             adjacencies), :obj:`"snf"` (Similarity Network Fusion of the
             :obj:`"snf"` scores on the shared pattern, each node's
             :obj:`topk` heaviest edges kept), :obj:`"fused_mean"` (the mean
-            of the views' :obj:`score_map` scores, sparsified with
+            of the views' :obj:`score_map` scores, their geometric mean
+            with :obj:`fusion="geometric"`, sparsified with
             :obj:`topk`: LEGO's fixed fusion as a plain graph) or
             :obj:`"view:<name>"`.
         mode (str): LEGO expansion mode.
-        fusion (str): LEGO fusion kind.
+        fusion (str): LEGO fusion kind (and the kind of mean of
+            :obj:`"fused_mean"`).
         score_map (str): Score map of LEGO's relation graph (and of
             :obj:`"fused_mean"`).
         topk (int, optional): LEGO's sparsification (and that of the
@@ -197,16 +200,25 @@ class Context:
         return self._powers[key]
 
     def fused_graph(self, kind: str, score_map: str = 'affine',
-                    topk: Optional[int] = None) -> Graph:
+                    topk: Optional[int] = None,
+                    fusion: str = 'linear') -> Graph:
         r"""The parameter-free fused graphs: :obj:`"snf"` or
-        :obj:`"fused_mean"` (see :class:`Method`), on the shared pattern
-        without the edges :obj:`topk` drops."""
-        key = (kind, score_map if kind == 'fused_mean' else 'snf', topk)
+        :obj:`"fused_mean"` (see :class:`Method`; with
+        :obj:`fusion="geometric"` the views' geometric mean), on the shared
+        pattern without the edges :obj:`topk` drops."""
+        if fusion not in ('linear', 'geometric'):
+            raise ValueError(f"a fixed fusion is 'linear' (the mean) or "
+                             f"'geometric', got {fusion!r}")
+        key = (kind, score_map if kind == 'fused_mean' else 'snf', topk,
+               fusion if kind == 'fused_mean' else None)
         if key not in self._fused:
             rel = self.relation_graph(key[1])
             n = rel.num_nodes
             if kind == 'snf':
                 w = snf(rel.edge_index, rel.edge_attr, n, k=self.k)
+            elif fusion == 'geometric':
+                w = (rel.edge_attr.clamp_min(0) + GEOMETRIC_EPS).log() \
+                    .mean(dim=1).exp()
             else:
                 w = rel.edge_attr.clamp_min(0).mean(dim=1)
             if topk is not None:
@@ -225,9 +237,9 @@ class Context:
         return max(scores, key=scores.get)
 
     def graph(self, key: str, split: Split, score_map: str = 'affine',
-              topk: Optional[int] = None) -> Graph:
+              topk: Optional[int] = None, fusion: str = 'linear') -> Graph:
         if key in ('snf', 'fused_mean'):
-            return self.fused_graph(key, score_map, topk)
+            return self.fused_graph(key, score_map, topk, fusion)
         if key == 'best_view':
             return self.view_graphs[self.best_view(split)]
         if key.startswith('view:'):
@@ -309,7 +321,8 @@ def fit_method(method: Method, ctx: Context, split: Split,
     configuration on one split."""
     y = ctx.data.y
     if method.family == 'lp':
-        g = ctx.graph(method.graph, split, method.score_map, method.topk)
+        g = ctx.graph(method.graph, split, method.score_map, method.topk,
+                      method.fusion)
         out = label_propagation(y, split.train, g, alpha=config['alpha'])
         return Fit(_accuracy(out, y, split.val), _accuracy(out, y, split.test),
                    dict(config), graph=g)
@@ -321,7 +334,8 @@ def fit_method(method: Method, ctx: Context, split: Split,
     dropout = float(config['dropout'])
     out_channels = ctx.data.num_classes
     if method.family == 'gnn':
-        g = ctx.graph(method.graph, split, method.score_map, method.topk)
+        g = ctx.graph(method.graph, split, method.score_map, method.topk,
+                      method.fusion)
         model = GNN(method.head, ctx.x.size(1), hidden, out_channels, dropout,
                     weighted=g.edge_weight is not None)
 
