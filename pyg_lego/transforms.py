@@ -273,7 +273,8 @@ class GraphPowers(BaseTransform):
     Args:
         P (int): Highest order :math:`P`.
         mode (str, optional): :obj:`"elementwise"`, :obj:`"masked"` or
-            :obj:`"propagated"`. (default: :obj:`"masked"`)
+            :obj:`"propagated"`: :class:`~pyg_lego.LEGO`'s default.
+            (default: :obj:`"elementwise"`)
         order0 (str, optional): Element-wise order :math:`0`: :obj:`"self"`
             or :obj:`"all"`. (default: :obj:`"self"`)
         similarity (str, optional): Similarity of the propagated mode; the
@@ -296,7 +297,7 @@ class GraphPowers(BaseTransform):
     def __init__(
         self,
         P: int,
-        mode: str = 'masked',
+        mode: str = 'elementwise',
         order0: str = 'self',
         similarity: str = 'cosine',
         score_map: str = 'auto',

@@ -36,7 +36,7 @@ def test_batched_path_index_is_offset_by_edges():
     batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
     assert torch.equal(batch.path_index,
                        two_hop_paths(batch.edge_index, batch.num_nodes))
-    model = LEGO(['v0', 'v1', 'v2'], P=3).double()
+    model = LEGO(['v0', 'v1', 'v2'], P=3, mode='masked').double()
     assert torch.allclose(model.fuse(batch),
                           torch.cat([model.fuse(g) for g in graphs]))
 

@@ -102,7 +102,7 @@ def test_lego_default_sparsifies_like_dense(case, topk, mode):
     mask, r = dense.relation_graph(dleaves, case['k'])
     g = dense.fuse(dense.graph_powers(r, mask, case['P'], mode,
                                       xs=list(dleaves.values())),
-                   model.fusion)
+                   model.fusion, mask)
     g = dense.topk(g, mask, model.topk)
     ei = data.edge_index
     ref = g[:, ei[0], ei[1]].t()

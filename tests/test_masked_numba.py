@@ -233,7 +233,7 @@ def test_kernel_errors(monkeypatch):
     with pytest.raises(ImportError, match=r"pyg-lego\[numba\]"):
         GraphPowerConv(3, kernel='numba')
     # 'auto' falls back to torch without numba.
-    out = LEGO(data.view_names, P=3).fuse(data)
+    out = LEGO(data.view_names, P=3, mode='masked').fuse(data)
     assert out.shape == (data.num_edges, 1)
 
 

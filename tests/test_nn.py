@@ -27,9 +27,10 @@ def test_repr():
         "LEGOFusion(num_views=3, P=2, out_channels=4, kind='polynomial', "
         "rank=5)")
     assert repr(LEGO(['a', 'b'])) == (
-        "LEGO(views=['a', 'b'], P=2, mode='masked', fusion='linear', "
-        "out_channels=1, topk=20)")
-    assert repr(LEGO(['a', 'b'], fusion='polynomial', topk=None)) == (
+        "LEGO(views=['a', 'b'], P=2, mode='elementwise', "
+        "fusion='geometric', out_channels=1, topk=10)")
+    assert repr(LEGO(['a', 'b'], mode='masked', fusion='polynomial',
+                     topk=None)) == (
         "LEGO(views=['a', 'b'], P=2, mode='masked', fusion='polynomial', "
         "out_channels=1, topk=None)")
     assert repr(PropagationHead(8, 16, 2)) == (
@@ -218,8 +219,9 @@ def test_dense_blocks_equal_path_message_passing():
 def test_lego_memory_budget_streams_the_masked_power(data):
     data = data.clone()
     data.edge_attr = data.edge_attr.double()
-    stored = LEGO(data.view_names, P=3).double()
-    streamed = LEGO(data.view_names, P=3, memory_budget=0).double()
+    stored = LEGO(data.view_names, P=3, mode='masked').double()
+    streamed = LEGO(data.view_names, P=3, mode='masked',
+                    memory_budget=0).double()
     streamed.load_state_dict(stored.state_dict())
     assert streamed.expansion.memory_budget == 0
     assert torch.allclose(stored.fuse(data), streamed.fuse(data), atol=1e-12)

@@ -49,7 +49,7 @@ def test_nccl_pipeline_equals_one_process(nccl):
     torch.testing.assert_close(prop, GraphPowerConv(2, 'propagated')(
         ei, scores, xs))
     torch.manual_seed(0)
-    ref = LEGO(['a', 'b'], 2, topk=None).double().cuda()
+    ref = LEGO(['a', 'b'], 2, 'masked', 'linear', topk=None).double().cuda()
     model = PartitionedLEGO(['a', 'b'], 2).double().cuda()
     model.load_state_dict(ref.state_dict())
     fused, _ = model(ei, scores, 60, xs)

@@ -130,7 +130,8 @@ def test_graph_powers_dense_oracle():
     data = RelationGraph(['x_rgb', 'x_flow'], k=n - 1)(_graph(num_nodes=n))
     row, col = data.edge_index
     assert data.edge_index.size(1) == n * n
-    masked = GraphPowers(3, kernel='torch')(data.clone()).edge_powers
+    masked = GraphPowers(3, mode='masked',
+                         kernel='torch')(data.clone()).edge_powers
     elementwise = GraphPowers(3, mode='elementwise',
                               key='powers')(data.clone()).powers
     for m in range(2):
@@ -147,7 +148,7 @@ def test_graph_powers_dense_oracle():
 
 def test_compose_and_precomputed_fusion():
     transform = T.Compose([RelationGraph(['x_rgb', 'x_flow'], k=3),
-                           GraphPowers(2, kernel='torch')])
+                           GraphPowers(2, mode='masked', kernel='torch')])
     data = _graph()
     out = transform(data.clone())
     graph = build_relation_graph({'rgb': data.x_rgb, 'flow': data.x_flow},
@@ -157,7 +158,7 @@ def test_compose_and_precomputed_fusion():
                                             num_nodes=graph.num_nodes)
     assert torch.equal(out.edge_powers, ref)
     # What the transform precomputes is what LEGO would expand.
-    model = LEGO(out.view_names, P=2, kernel='torch').double()
+    model = LEGO(out.view_names, P=2, mode='masked', kernel='torch').double()
     assert torch.allclose(model.fusion(out.edge_powers), model.fuse(out))
 
 
@@ -189,7 +190,7 @@ class _Views(InMemoryDataset):
 def test_pre_transform_of_a_dataset(tmp_path):
     def pre_transform():
         return T.Compose([RelationGraph(['x_rgb', 'x_flow'], k=3),
-                          GraphPowers(2, kernel='torch')])
+                          GraphPowers(2, mode='masked', kernel='torch')])
     dataset = _Views(tmp_path, pre_transform=pre_transform())
     assert len(dataset) == len(_Views.sizes)
     # Loaded again from disk, as PyG loads it (weights_only), no warning.
@@ -208,7 +209,8 @@ def test_pre_transform_of_a_dataset(tmp_path):
             assert torch.equal(got.y, raw.y)
     # Mini-batches of the precomputed graphs fuse as the graphs do.
     batch = next(iter(DataLoader(again, batch_size=3)))
-    model = LEGO(['rgb', 'flow'], P=2, kernel='torch').double()
+    model = LEGO(['rgb', 'flow'], P=2, mode='masked',
+                 kernel='torch').double()
     fused = model.fusion(batch.edge_powers)
     parts = torch.cat([model.fuse(again[i]) for i in range(len(again))])
     assert torch.allclose(fused, parts)

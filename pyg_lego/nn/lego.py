@@ -10,11 +10,11 @@ from pyg_lego.nn.graph_power import DEFAULT_PATH_BUDGET, GraphPowerConv
 from pyg_lego.nn.sparsify import TopKSparsify
 
 #: Edges per node that :class:`LEGO` keeps of its fused graph by default:
-#: chosen, with the masked mode and the linear fusion, by the validation-only
-#: development sweep of the fusion study over four multi-view data sets
-#: (:mod:`pyg_lego.multiview.fusion_study`,
+#: chosen, with the element-wise mode and the geometric fusion, by the
+#: validation-only development sweep of the fusion study over four
+#: multi-view data sets (:mod:`pyg_lego.multiview.fusion_study`,
 #: ``benchmarks/results/fusion_dev.json``).
-DEFAULT_TOPK = 20
+DEFAULT_TOPK = 10
 
 
 class LEGO(torch.nn.Module):
@@ -40,17 +40,25 @@ class LEGO(torch.nn.Module):
     subgraph (:class:`~torch_geometric.loader.NeighborLoader`) it ranks the
     edges the subgraph holds.
 
+    The defaults (element-wise mode, geometric fusion, each node's 10
+    heaviest edges) are the configuration that the fusion study's
+    validation-only sweep ranked first over four multi-view data sets, on
+    relation graphs built with :obj:`score_map="local"`
+    (:func:`~pyg_lego.build_relation_graph`; ``docs/benchmarks``).
+
     Args:
         view_names (list of str): The views, in the order of the score
             columns (:obj:`data.view_names`).
         P (int, optional): Highest order :math:`P`. (default: :obj:`2`)
         mode (str, optional): Expansion mode, see :class:`GraphPowerConv`.
-            (default: :obj:`"masked"`)
-        fusion (str, optional): :obj:`"linear"` or :obj:`"polynomial"`.
-            The polynomial multiplies the views' factors edge by edge, so
-            it keeps little of an edge that one view scores near zero (on
+            (default: :obj:`"elementwise"`)
+        fusion (str, optional): :obj:`"geometric"`, :obj:`"linear"` or
+            :obj:`"polynomial"`, see :class:`LEGOFusion`. The geometric
+            fusion weighs an edge by how much the views agree on it; the
+            polynomial multiplies the views' factors edge by edge, so it
+            keeps little of an edge that one view scores near zero (on
             sparse given graphs: every edge the graphs do not share).
-            (default: :obj:`"linear"`)
+            (default: :obj:`"geometric"`)
         out_channels (int, optional): Fused graphs :math:`C`.
             (default: :obj:`1`)
         rank (int, optional): CP rank, see :class:`LEGOFusion`.
@@ -63,7 +71,7 @@ class LEGO(torch.nn.Module):
         gamma (float, optional): RBF bandwidth (propagated mode).
         topk (int, optional): Edges kept per node (each fused channel keeps
             its own); :obj:`None` keeps every edge of the pattern.
-            (default: :obj:`20`, :data:`DEFAULT_TOPK`)
+            (default: :obj:`10`, :data:`DEFAULT_TOPK`)
 
     **Speed and memory.** Keyword-only, passed to :class:`GraphPowerConv`;
     they choose how the expansion is computed, not its result (beyond
@@ -87,7 +95,7 @@ class LEGO(torch.nn.Module):
     """
 
     def __init__(self, view_names: Sequence[str], P: int = 2,
-                 mode: str = 'masked', fusion: str = 'linear',
+                 mode: str = 'elementwise', fusion: str = 'geometric',
                  out_channels: int = 1, rank: Optional[int] = None,
                  order0: str = 'self', similarity: str = 'cosine',
                  score_map: str = 'auto', gamma: Optional[float] = None,
