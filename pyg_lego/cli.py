@@ -134,7 +134,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 def _add_model(p: argparse.ArgumentParser, default_epochs: int) -> None:
     g = p.add_argument_group('model and training')
-    g.add_argument('--fusion', choices=('linear', 'polynomial'),
+    g.add_argument('--fusion', choices=('linear', 'polynomial', 'geometric'),
                    default='linear', help='LEGO fusion kind (default: linear)')
     g.add_argument('--mode', choices=('elementwise', 'masked', 'propagated'),
                    default='elementwise',

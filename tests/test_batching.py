@@ -17,7 +17,7 @@ def _graphs():
 
 
 @pytest.mark.parametrize('mode', ['elementwise', 'masked', 'propagated'])
-@pytest.mark.parametrize('fusion', ['polynomial', 'linear'])
+@pytest.mark.parametrize('fusion', ['polynomial', 'linear', 'geometric'])
 def test_batch_equals_one_by_one(mode, fusion):
     graphs = _graphs()
     model = LEGO(['v0', 'v1', 'v2'], P=3, mode=mode, fusion=fusion,

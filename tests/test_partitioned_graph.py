@@ -27,7 +27,7 @@ SCORES = [('cosine', 'auto', None), ('dot', 'clamp', None),
           ('cosine', 'local', None), ('cosine', 'snf', None)]
 #: (kind, out_channels, mode) of the fusions.
 FUSIONS = [('linear', 2, 'masked'), ('polynomial', 1, 'masked'),
-           ('polynomial', 2, 'propagated')]
+           ('polynomial', 2, 'propagated'), ('geometric', 2, 'elementwise')]
 # Tight: the same products on the same rows, summed in another order only in
 # gradients that collect contributions from several ranks.
 TOL = dict(rtol=1e-12, atol=1e-13)

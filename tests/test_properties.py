@@ -17,7 +17,8 @@ from pyg_lego.nn import GraphPowerConv, two_hop_paths
 from .conftest import random_views
 
 MODES = ('elementwise', 'masked', 'propagated')
-FUSIONS = (('linear', None), ('polynomial', None), ('polynomial', 2))
+FUSIONS = (('linear', None), ('polynomial', None), ('polynomial', 2),
+           ('geometric', None))
 TOL = dict(atol=1e-9, rtol=1e-9)
 PROPERTY = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -73,7 +74,7 @@ def test_relabelling_nodes_relabels_the_output(c):
 def _permute_fusion_weight(model, order):
     fusion = model.fusion
     w = fusion.weight.data
-    if fusion.kind == 'linear':
+    if fusion.kind in ('linear', 'geometric'):
         return w[:, order]
     if fusion.full:  # A[p, q] for (view 0, view 1): swapping views transposes
         return w.transpose(1, 2) if order == [1, 0] else w
@@ -96,7 +97,7 @@ def test_view_order_changes_only_the_coefficient_order(c, data):
                   rank=rank, out_channels=2).double()
     pmodel.fusion.weight.data.copy_(_permute_fusion_weight(model, order))
     assert torch.allclose(pmodel.fuse(pgraph), model.fuse(graph), **TOL)
-    if c['m'] > 1 and kind == 'linear':
+    if c['m'] > 1 and kind in ('linear', 'geometric'):
         table, ptable = model.coefficients(), pmodel.coefficients()
         assert ptable.rows == [names[i] for i in order]
         assert torch.equal(ptable.values, table.values[order])

@@ -976,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--P', type=int, default=2, dest='P')
     p.add_argument('--mode', choices=MODES, default='masked')
     p.add_argument('--order0', choices=('self', 'identity'), default='self')
-    p.add_argument('--fusion', choices=('linear', 'polynomial'),
+    p.add_argument('--fusion', choices=('linear', 'polynomial', 'geometric'),
                    default='linear')
     p.add_argument('--out-channels', type=_positive(int), default=1)
     p.add_argument('--cp-rank', type=_positive(int), default=None)
