@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 from pyg_lego.vad.models import model_names
