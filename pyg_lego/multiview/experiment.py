@@ -421,7 +421,8 @@ def tune(method: Method, ctx: Context, split: Split,
 
 
 def view_shares(table, mode: str) -> Dict[str, float]:
-    r"""Each view's share of the absolute linear-fusion coefficients. Orders
+    r"""Each view's share of the absolute coefficients of a linear fusion
+    (or the exponents of a geometric one). Orders
     :math:`p \geq 1` only in the element-wise and masked modes, whose order
     0 is the same identity for every view (so its split between views means
     nothing)."""

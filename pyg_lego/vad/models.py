@@ -85,15 +85,17 @@ class LEGOVAD(torch.nn.Module):
         T (int): Snippets per video :math:`N` (the head's input width).
         P (int, optional): Highest order. (default: :obj:`2`)
         mode (str, optional): Expansion mode. The element-wise powers (the
-            paper's multilinear reading) are the default here, unlike
-            :class:`~pyg_lego.nn.LEGO`'s masked powers for kNN patterns: on
-            a video's complete graph the masked square averages every
+            paper's multilinear reading), as in :class:`~pyg_lego.nn.LEGO`:
+            on a video's complete graph the masked square averages every
             relation over all :math:`T` intermediate snippets, which blurs
             the snippets that stand out (docs/vad.md measures it).
             (default: :obj:`"elementwise"`)
-        fusion (str, optional): :obj:`"linear"` or :obj:`"polynomial"`;
-            linear, as in :class:`~pyg_lego.nn.LEGO`. (default:
-            :obj:`"linear"`)
+        fusion (str, optional): A :class:`~pyg_lego.nn.LEGOFusion` kind.
+            Linear here, where :class:`~pyg_lego.nn.LEGO` defaults to the
+            geometric fusion for kNN patterns: the VAD default was chosen
+            on its own development seeds
+            (``benchmarks/results/vad_dev*.json``), which did not sweep
+            the geometric fusion. (default: :obj:`"linear"`)
         channels (int, optional): Fused graphs :math:`C`. (default: :obj:`1`)
         rank (int, optional): CP rank of the polynomial fusion.
         hidden_channels (int, optional): Head width; :math:`N` if :obj:`None`.
