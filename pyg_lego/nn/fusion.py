@@ -185,6 +185,12 @@ class LEGOFusion(torch.nn.Module):
     scores it high: the views must agree, where the linear fusion lets one
     view's high score stand for all. The weights are positive by
     construction, and an exponent near 0 leaves a view out.
+    In the element-wise mode :math:`\log R^p = p \log R` (for
+    :math:`R \gg \epsilon`), so a view's orders act together: its
+    exponent on :math:`R_m` is :math:`\sum_p p \, w_{c, m, p}`, and order 0
+    (1 on the self-loops, 0 elsewhere) scales every other edge against the
+    self-loops by :math:`\epsilon^{\sum_m w_{c, m, 0}}`. Read the table
+    that way there.
 
     All products are element-wise on the edges, so the fused graph lives on
     the same pattern as its inputs. Coefficients start near the plain average
