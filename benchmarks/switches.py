@@ -23,7 +23,9 @@ their own record (``prefetch.md``).
     python benchmarks/switches.py sync benchmarks/results/switches.json
 
 writes ``switches.json`` and ``switches.md`` under ``--out`` (default
-``benchmarks/results``).
+``benchmarks/results``). A run with ``--only`` into a record that exists
+there replaces only its own rows (the record's settings must match) and
+keeps the others and the value-reading checks as recorded.
 """
 import argparse
 import json
@@ -48,6 +50,7 @@ from pyg_lego.data.validation import (all_finite, check_edge_index,  # noqa
 from pyg_lego.nn import fusion, graph_power, locality, sparsify  # noqa: E402
 from pyg_lego.nn.fusion import LEGOFusion  # noqa: E402
 from pyg_lego.nn.graph_power import GraphPowerConv  # noqa: E402
+from scale import make_views  # noqa: E402
 from timing import interleaved, render_record, write_record  # noqa: E402
 
 #: A switch stays where its path takes at most 1 / KEEP_GAIN of the time
@@ -56,6 +59,10 @@ KEEP_GAIN = 1.10
 
 #: Most calls of a path per timed sample.
 MOST_CALLS = 256
+
+#: Nodes of the relabel_masked piece's kNN graph at scale 1: about 1M
+#: edges, well above RELABEL_MIN_EDGES.
+MASKED_NODES = 26_000
 
 #: Constants that are not a choice between two paths, and why they stay.
 OTHERS: List[Dict[str, str]] = [
@@ -107,6 +114,18 @@ def ring_graph(n: int, half: int, seed: int = 0) -> torch.Tensor:
     off = torch.arange(-half, half + 1).repeat(n)
     ei = torch.stack([perm[i], perm[(i + off) % n]])
     key = torch.unique(ei[0] * n + ei[1])
+    return torch.stack([key // n, key % n])
+
+
+def knn_graph(n: int, seed: int = 0) -> torch.Tensor:
+    r"""The benchmark's kNN pattern (as ``locality.py`` and ``scale.py``
+    build it: 3 clustered views of width 128, k = 16, exact search, the
+    union with self-loops, by :func:`~pyg_lego.data.knn_pattern`), its nodes
+    numbered at random."""
+    views = make_views(n, 3, 128, seed=seed)
+    ei = relation.knn_pattern(views, k=16, backend='exact')
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    key = torch.unique(perm[ei[0]] * n + perm[ei[1]])
     return torch.stack([key // n, key % n])
 
 
@@ -235,12 +254,15 @@ def pieces(scale: float) -> List[dict]:
             on=patched([(graph_power, 'MAX_DENSE_BLOCK', INF)], run),
             off=patched([(graph_power, 'MAX_DENSE_BLOCK', 0)], run)))
 
-    # Masked power by numba on a relabelled pattern vs as numbered.
-    n = size(64_000)
-    ei = ring_graph(n, 8, seed=2)
-    a = torch.rand(ei.size(1), 3, generator=gen)
+    # Masked power by numba on a relabelled pattern vs as numbered, on a
+    # kNN graph of about 1M edges (the graph built once, outside the
+    # timed calls).
+    kn = size(MASKED_NODES)
+    kei = knn_graph(kn, seed=2)
+    kgen = torch.Generator().manual_seed(2)
+    ka = torch.rand(kei.size(1), 3, generator=kgen)
     conv = GraphPowerConv(3)
-    masked = grad_of(lambda a, ei=ei, n=n: conv(ei, a, num_nodes=n), a)
+    masked = grad_of(lambda a, ei=kei, n=kn: conv(ei, a, num_nodes=n), ka)
     out.append(dict(
         key='relabel_masked', piece='GraphPowerConv masked (numba), P = 3, '
                                     'M = 3, forward + backward',
@@ -248,11 +270,15 @@ def pieces(scale: float) -> List[dict]:
         value=locality.RELABEL_MIN_EDGES,
         what='locality relabelling of the pattern (on) vs its input '
              'numbering (off)',
-        size=f'N = {n:,}, {ei.size(1):,} edges',
+        size=f'kNN graph (3 views, k = 16, random numbering), N = {kn:,}, '
+             f'{kei.size(1):,} edges',
         on=patched([(locality, 'RELABEL_MIN_EDGES', 0)], masked),
         off=patched([(locality, 'RELABEL_MIN_EDGES', INF)], masked)))
 
     # The stored path index vs walking the pattern (memory_budget = 0).
+    n = size(64_000)
+    ei = ring_graph(n, 8, seed=2)
+    a = torch.rand(ei.size(1), 3, generator=gen)
     stored = GraphPowerConv(3)
     walked = GraphPowerConv(3, memory_budget=0)
     out.append(dict(
@@ -266,11 +292,13 @@ def pieces(scale: float) -> List[dict]:
         on=grad_of(lambda a, ei=ei, n=n: stored(ei, a, num_nodes=n), a),
         off=grad_of(lambda a, ei=ei, n=n: walked(ei, a, num_nodes=n), a)))
 
-    # Propagated mode on relabelled features vs as numbered.
-    n = size(32_000)
-    ei = ring_graph(n, 8, seed=3)
-    a = torch.rand(ei.size(1), 3, generator=gen)
-    xs = [torch.randn(n, 128, generator=gen) for _ in range(3)]
+    # Propagated mode on relabelled features vs as numbered, on a kNN
+    # graph (built once, outside the timed calls).
+    n = size(64_000)
+    ei = knn_graph(n, seed=3)
+    pgen = torch.Generator().manual_seed(3)
+    a = torch.rand(ei.size(1), 3, generator=pgen)
+    xs = [torch.randn(n, 128, generator=pgen) for _ in range(3)]
     prop = GraphPowerConv(2, mode='propagated')
     propagated = grad_of(lambda a, ei=ei, xs=xs: prop(ei, a, xs=xs), a)
     out.append(dict(
@@ -281,8 +309,9 @@ def pieces(scale: float) -> List[dict]:
         value=locality.RELABEL_MIN_FEATURE_BYTES,
         what='features and pattern relabelled per call (on) vs as numbered '
              '(off)',
-        size=f'N = {n:,}, {ei.size(1):,} edges, '
-             f'{xs[0].numel() * 4 / 2**20:.1f} MiB per view',
+        size=f'kNN graph (3 views, k = 16, random numbering), N = {n:,}, '
+             f'{ei.size(1):,} edges, {xs[0].numel() * 4 / 2**20:.1f} MiB '
+             f'per view',
         on=patched([(locality, 'RELABEL_MIN_EDGES', 0),
                     (locality, 'RELABEL_MIN_FEATURE_BYTES', 0)], propagated),
         off=patched([(locality, 'RELABEL_MIN_FEATURE_BYTES', INF)],
@@ -397,15 +426,6 @@ OVERRIDES: Dict[str, Callable[[float], str]] = {
     # The default of an argument: the torch kernel (CUDA) streams its paths
     # beyond it, recomputing them for every order.
     'path_budget': lambda g: 'keep (memory bound of the torch kernel)',
-    # On the ring graph the relabelled passes lost; locality.md, on kNN
-    # graphs, has them 1.67x faster at N = 64,000: measured again on a kNN
-    # graph before anything is removed.
-    'relabel_masked': lambda g: 'keep (to measure on a kNN graph)'
-    if g < KEEP_GAIN else 'keep (time)',
-    # Below 10% at 32,000 nodes, where an earlier run (locality.py
-    # comment) had 2.4x: measured again at 64,000 before it is removed.
-    'relabel_propagated': lambda g: 'keep (to measure at N = 64,000)'
-    if g < KEEP_GAIN else 'keep (time)',
 }
 
 
@@ -526,18 +546,43 @@ def main(argv=None):
                            os.path.dirname(os.path.abspath(args.record)),
                            'switches', to_markdown))
         return 0
+    meta = {'scale': args.scale, 'repeat': args.repeat,
+            'least_s': args.least, 'threads': torch.get_num_threads(),
+            'keep_gain': KEEP_GAIN, 'torch': torch.__version__,
+            'torch_geometric': torch_geometric.__version__,
+            'machine': platform.machine()}
+    record = os.path.join(args.out, 'switches.json')
+    old = None
+    if args.only and os.path.exists(record):
+        with open(record) as f:
+            old = json.load(f)
+        differ = [k for k in meta if old['meta'].get(k) != meta[k]]
+        if differ:
+            parser.error(f"--only merges into {record}, measured with other "
+                         f"settings ({', '.join(differ)}); measure all of "
+                         f"it, or write elsewhere with --out")
     rows = measure(args.scale, args.repeat, args.least, args.only)
-    result = {'meta': {'scale': args.scale, 'repeat': args.repeat,
-                       'least_s': args.least,
-                       'threads': torch.get_num_threads(),
-                       'keep_gain': KEEP_GAIN, 'torch': torch.__version__,
-                       'torch_geometric': torch_geometric.__version__,
-                       'machine': platform.machine()},
-              'rows': rows,
-              'sync': sync_checks(args.scale, args.repeat, args.least),
-              'others': OTHERS}
+    if old is None:
+        result = {'meta': meta, 'rows': rows,
+                  'sync': sync_checks(args.scale, args.repeat, args.least),
+                  'others': OTHERS}
+    else:
+        result = merge(old, rows)
     print(write_record(result, args.out, 'switches', to_markdown))
     return 0
+
+
+def merge(result: dict, rows: List[dict]) -> dict:
+    r"""The record :obj:`result` with the rows of a partial run
+    (``--only``) in place of those of the same keys (new keys appended),
+    its other rows and value-reading checks as recorded, and every
+    decision taken again."""
+    new = {r['key']: r for r in rows}
+    merged = [new.pop(r['key'], r) for r in result['rows']]
+    merged += [r for r in rows if r['key'] in new]
+    for row in merged:
+        row['decision'] = decide(row['gain'], row['memory_gain'], row['key'])
+    return dict(result, rows=merged, others=OTHERS)
 
 
 if __name__ == '__main__':

@@ -14,20 +14,25 @@ from torch import Tensor
 from pyg_lego.data.similarity import CSRPattern, id_dtype
 
 #: Patterns with at least this many edges are relabelled for the masked
-#: power; smaller ones fit the caches as they are.
-#: Measured in benchmarks/results/switches.md (to measure again on a kNN
-#: graph there).
+#: power (and, cached, for the propagated mode); smaller ones fit the
+#: caches as they are.
+#: benchmarks/results/switches.md has the masked power relabelled per call
+#: (numba, P = 3, M = 3, forward and backward) at 0.58x, slower, on a kNN
+#: graph of 1M edges (26,000 nodes, 3 views, k = 16, numbered at random):
+#: decided there to go. It stays for now: the masked path is taken in
+#: ``pyg_lego.nn.masked_numba.Pattern``, this threshold gates the propagated
+#: mode's relabelling too, and the masked power with ``cached=True``
+#: (relabelled once) is not measured there.
 RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are
 #: relabelled for each call. Relabelled over not, forward and backward, 3
 #: views x 128 float32 (benchmark graphs, in the reverse Cuthill-McKee
 #: order of the time): 1.18x at 8,000 nodes (3.9 MiB per view), 0.83x at
-#: 16,000 (7.8 MiB; on another VM the forward's relabelling cost 0.17 s
-#: and saved 0.03 s there), 0.42x at 32,000 (15.6 MiB); at 64,000 it
-#: saved 0.74 s of the forward for 0.30 s.
-#: benchmarks/results/switches.md has 1.07x at 32,000 nodes on a ring graph
-#: (to measure again at 64,000).
+#: 16,000 (7.8 MiB), 0.42x at 32,000 (15.6 MiB).
+#: benchmarks/results/switches.md has it gaining 1.10x (time as numbered
+#: over relabelled), at the 10% bar, at 64,000 nodes (31.2 MiB per view)
+#: on a kNN graph (3 views, k = 16, numbered at random).
 RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 #: Groups of at most this many nodes are left in the input order by
