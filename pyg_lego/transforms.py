@@ -248,20 +248,16 @@ class GraphPowers(BaseTransform):
     adjacency matrix, so that only the learnable fusion
     (:class:`~pyg_lego.nn.LEGOFusion`) runs during training.
 
-    By default (masked powers) with
-    :math:`\mathbf{A}_m = \mathbf{D}_m^{-1/2} \mathbf{R}_m
-    \mathbf{D}_m^{-1/2}`:
+    By default (element-wise powers, :class:`~pyg_lego.LEGO`'s default):
 
     .. math::
         \mathbf{R}^{(0)}_m = \mathbf{I}, \quad
-        \mathbf{R}^{(1)}_m = \mathbf{A}_m, \quad
-        \mathbf{R}^{(p)}_m = \mathrm{mask}_{\mathcal{E}}\big(
-        \mathbf{R}^{(p-1)}_m \mathbf{A}_m \big)
+        \mathbf{R}^{(p)}_m = \mathbf{R}_m^{\odot p}
 
     for :math:`p \in \{ 0, \ldots, P \}` and every view :math:`m`, all on
-    the shared pattern :math:`\mathcal{E}` (see
-    :class:`~pyg_lego.nn.GraphPowerConv` for the element-wise and the
-    propagated modes). It reads :obj:`data.edge_index` and the scores
+    the shared pattern :math:`\mathcal{E}` (order 0 on its self-loops; see
+    :class:`~pyg_lego.nn.GraphPowerConv` for :obj:`order0` and for the
+    masked and the propagated modes). It reads :obj:`data.edge_index` and the scores
     :obj:`data.edge_attr` :math:`(|\mathcal{E}|, M)` (as
     :class:`RelationGraph` or :func:`~pyg_lego.data.build_relation_graph`
     leave them; the propagated mode also :obj:`data.view_names` and the
