@@ -91,9 +91,10 @@ class GraphPowerConv(MessagePassing):
 
     Keyword Args:
         cached (bool, optional): If :obj:`True`, the two-step-path index
-            (masked mode) or the locality relabelling of the pattern
-            (propagated mode, CPU) is built on the first call and reused:
-            for transductive learning on one fixed graph.
+            (masked mode) and the locality relabelling of the pattern
+            (masked mode with the numba kernel, propagated mode, CPU) are
+            built on the first call and reused: for transductive learning
+            on one fixed graph.
             (default: :obj:`False`)
         chunk_size (int, optional): Candidate paths examined at once when the
             path index is built.
@@ -363,7 +364,11 @@ class GraphPowerConv(MessagePassing):
         paths exceed the budget costs the enumeration's counting walk."""
         if self.cached and self._cached_numba is not None:
             return self._cached_numba
-        pattern = masked_numba.Pattern(edge_index, num_nodes)
+        # Relabelled only where the relabelling is built once and reused:
+        # per call it costs more than it saves (RELABEL_MIN_EDGES).
+        pattern = masked_numba.Pattern(
+            edge_index, num_nodes, reorder=self.cached and
+            edge_index.size(1) >= locality.RELABEL_MIN_EDGES)
         if path_index is not None:
             stored = masked_numba.StoredPaths.from_index(path_index, pattern)
         else:

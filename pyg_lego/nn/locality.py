@@ -13,16 +13,15 @@ from torch import Tensor
 
 from pyg_lego.data.similarity import CSRPattern, id_dtype
 
-#: Patterns with at least this many edges are relabelled for the masked
-#: power (and, cached, for the propagated mode); smaller ones fit the
-#: caches as they are.
-#: benchmarks/results/switches.md has the masked power relabelled per call
-#: (numba, P = 3, M = 3, forward and backward) at 0.58x, slower, on a kNN
-#: graph of 1M edges (26,000 nodes, 3 views, k = 16, numbered at random):
-#: decided there to go. It stays for now: the masked path is taken in
-#: ``pyg_lego.nn.masked_numba.Pattern``, this threshold gates the propagated
-#: mode's relabelling too, and the masked power with ``cached=True``
-#: (relabelled once) is not measured there.
+#: Patterns with at least this many edges are relabelled where the
+#: relabelling is built once and reused: for the masked power (numba) and
+#: the propagated mode of a :obj:`cached` conv (the propagated mode also
+#: relabels per call past :data:`RELABEL_MIN_FEATURE_BYTES`); smaller ones
+#: fit the caches as they are. benchmarks/results/switches.md, masked power
+#: (numba, P = 3, M = 3, forward and backward) on a kNN graph of 1,017,940
+#: edges (26,000 nodes, 3 views, k = 16, numbered at random): relabelled
+#: once and reused (cached=True) 1.31x, kept; relabelled per call 0.58x
+#: (slower), so an uncached conv runs the masked power as numbered.
 RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are

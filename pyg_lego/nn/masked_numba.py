@@ -366,12 +366,16 @@ class Pattern:
     as the kernels read them (NumPy views of CPU tensors, 32-bit ids where
     they fit).
 
-    A pattern of :obj:`~pyg_lego.nn.locality.RELABEL_MIN_EDGES` edges or
-    more is relabelled first (:class:`~pyg_lego.nn.locality.Relabel`), so
-    that the rows a walk visits lie close together in memory: nodes
-    numbered at random (as a kNN graph's are) put every step of a walk in
-    another cache line, which made the passes 2x slower at 64,000 nodes.
-    The kernels then run on the relabelled edges;
+    With :obj:`reorder` (by default: a pattern of
+    :obj:`~pyg_lego.nn.locality.RELABEL_MIN_EDGES` edges or more) it is
+    relabelled first (:class:`~pyg_lego.nn.locality.Relabel`), so that the
+    rows a walk visits lie close together in memory: nodes numbered at
+    random (as a kNN graph's are) put every step of a walk in another
+    cache line (the passes alone were 2x slower at 64,000 nodes). The
+    relabelling pays only where it is reused:
+    :class:`~pyg_lego.GraphPowerConv` asks for it with :obj:`cached` only
+    (``benchmarks/results/switches.md``: 1.31x relabelled once, 0.58x
+    relabelled per call). The kernels then run on the relabelled edges;
     :attr:`edge_perm` (relabelled position -> input edge id) maps values
     in and out, so callers see the input order.
     """
