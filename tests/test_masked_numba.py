@@ -267,6 +267,30 @@ def test_relabelled_pattern_gives_the_same_orders(monkeypatch, stored):
     assert torch.allclose(results[0][1], results[1][1], atol=1e-12)
 
 
+def test_only_a_cached_conv_relabels_the_masked_pattern(monkeypatch):
+    # Relabelling per call costs more than it saves; built once and reused
+    # it pays (benchmarks/results/switches.md).
+    _, data = graph(n=120)
+    built = []
+    relabel = locality.Relabel
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return relabel(*args, **kwargs)
+    monkeypatch.setattr(locality, 'Relabel', counted)
+    monkeypatch.setattr(locality, 'RELABEL_MIN_EDGES', 0)
+    monkeypatch.setattr(locality, 'LEAF_SIZE', 8)
+    plain = GraphPowerConv(3, kernel='numba')
+    ref = plain(data.edge_index, data.edge_attr, num_nodes=data.num_nodes)
+    assert built == []
+    cached = GraphPowerConv(3, kernel='numba', cached=True)
+    for _ in range(2):
+        out = cached(data.edge_index, data.edge_attr,
+                     num_nodes=data.num_nodes)
+        assert torch.allclose(out, ref, atol=1e-6)
+    assert built == [1] and cached._cached_numba[0].edge_perm is not None
+
+
 def test_numba_that_fails_to_import_counts_as_absent(monkeypatch):
     import builtins
     from pyg_lego.nn import masked_numba
