@@ -257,7 +257,7 @@ def pieces(scale: float) -> List[dict]:
     # Masked power by numba on a pattern relabelled per call vs as
     # numbered, on a kNN graph of about 1M edges (the graph built once,
     # outside the timed calls). Removed: an uncached conv no longer takes
-    # the path (0.58x, measured at d83f51f), its row kept as recorded.
+    # the path (0.58x, its recorded row, which stays as it is).
     kn = size(MASKED_NODES)
     kei = knn_graph(kn, seed=2)
     kgen = torch.Generator().manual_seed(2)

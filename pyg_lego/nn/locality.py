@@ -25,13 +25,10 @@ from pyg_lego.data.similarity import CSRPattern, id_dtype
 RELABEL_MIN_EDGES = 1 << 17
 
 #: Propagated views of at least this many bytes (N x d features) are
-#: relabelled for each call. Relabelled over not, forward and backward, 3
-#: views x 128 float32 (benchmark graphs, in the reverse Cuthill-McKee
-#: order of the time): 1.18x at 8,000 nodes (3.9 MiB per view), 0.83x at
-#: 16,000 (7.8 MiB), 0.42x at 32,000 (15.6 MiB).
-#: benchmarks/results/switches.md has it gaining 1.10x (time as numbered
-#: over relabelled), at the 10% bar, at 64,000 nodes (31.2 MiB per view)
-#: on a kNN graph (3 views, k = 16, numbered at random).
+#: relabelled for each call. benchmarks/results/switches.md, forward and
+#: backward, 3 views x 128 float32 on a kNN graph (k = 16, numbered at
+#: random): 1.10x at 64,000 nodes (31.2 MiB per view), at the 10% bar;
+#: sizes between this threshold and 31.2 MiB are not measured there.
 RELABEL_MIN_FEATURE_BYTES = 8 * 2**20
 
 #: Groups of at most this many nodes are left in the input order by
