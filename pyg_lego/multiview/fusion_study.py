@@ -9,9 +9,9 @@ Protocol: every method draws the same configurations of
 :data:`~pyg_lego.multiview.experiment.DEFAULT_GRID` and keeps the one of
 best validation accuracy on the first seed (see
 :func:`~pyg_lego.multiview.experiment.run_benchmark`). LEGO's own defaults
-(score map, sparsification, expansion mode) were fixed beforehand by
-:func:`dev_sweep`, on validation nodes of seeds that the study does not
-use."""
+(score map, sparsification, expansion mode, fusion kind) were fixed
+beforehand by :func:`dev_sweep`, on validation nodes of seeds that the
+study does not use."""
 import itertools
 import math
 import time
