@@ -264,15 +264,16 @@ def pieces(scale: float) -> List[dict]:
     ka = torch.rand(kei.size(1), 3, generator=kgen)
     conv = GraphPowerConv(3)
     masked = grad_of(lambda a, ei=kei, n=kn: conv(ei, a, num_nodes=n), ka)
+    relabel = dict(
+        module='pyg_lego/nn/locality.py', constant='RELABEL_MIN_EDGES',
+        value=locality.RELABEL_MIN_EDGES,
+        size=f'kNN graph (3 views, k = 16, random numbering), N = {kn:,}, '
+             f'{kei.size(1):,} edges')
     out.append(dict(
         key='relabel_masked', piece='GraphPowerConv masked (numba), P = 3, '
                                     'M = 3, forward + backward',
-        module='pyg_lego/nn/locality.py', constant='RELABEL_MIN_EDGES',
-        value=locality.RELABEL_MIN_EDGES,
         what='locality relabelling of the pattern (on) vs its input '
-             'numbering (off)',
-        size=f'kNN graph (3 views, k = 16, random numbering), N = {kn:,}, '
-             f'{kei.size(1):,} edges',
+             'numbering (off)', **relabel,
         on=patched([(locality, 'RELABEL_MIN_EDGES', 0)], masked),
         off=patched([(locality, 'RELABEL_MIN_EDGES', INF)], masked),
         removed=True))
@@ -291,12 +292,8 @@ def pieces(scale: float) -> List[dict]:
         key='relabel_masked_cached',
         piece='GraphPowerConv masked (numba), cached=True, P = 3, M = 3, '
               'forward + backward',
-        module='pyg_lego/nn/locality.py', constant='RELABEL_MIN_EDGES',
-        value=locality.RELABEL_MIN_EDGES,
         what='locality relabelling of the pattern, built once and reused '
-             '(on) vs its input numbering (off)',
-        size=f'kNN graph (3 views, k = 16, random numbering), N = {kn:,}, '
-             f'{kei.size(1):,} edges',
+             '(on) vs its input numbering (off)', **relabel,
         on=sides['on'], off=sides['off']))
 
     # The stored path index vs walking the pattern (memory_budget = 0).
