@@ -371,8 +371,7 @@ class Pattern:
     relabelled first (:class:`~pyg_lego.nn.locality.Relabel`), so that the
     rows a walk visits lie close together in memory: nodes numbered at
     random (as a kNN graph's are) put every step of a walk in another
-    cache line (the passes alone were 2x slower at 64,000 nodes). The
-    relabelling pays only where it is reused:
+    cache line. The relabelling pays only where it is reused:
     :class:`~pyg_lego.GraphPowerConv` asks for it with :obj:`cached` only
     (``benchmarks/results/switches.md``: 1.31x relabelled once, 0.58x
     relabelled per call). The kernels then run on the relabelled edges;
